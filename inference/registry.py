@@ -1,0 +1,41 @@
+"""Finding pipelines by name: the built-ins plus any installed through entry points."""
+
+from __future__ import annotations
+
+from importlib.metadata import entry_points
+
+from inference.base import Pipeline
+
+ENTRY_POINT_GROUP = "pacsnode.pipelines"
+
+
+class UnknownPipelineError(KeyError):
+    """A route or command names a pipeline that is not installed."""
+
+    def __str__(self) -> str:
+        return str(self.args[0])
+
+
+def _builtin() -> dict[str, type[Pipeline]]:
+    from inference.inventory import StudyInventoryPipeline
+
+    return {cls.name: cls for cls in (StudyInventoryPipeline,)}
+
+
+def available_pipelines() -> dict[str, type[Pipeline]]:
+    """All pipelines by name; an installed plugin may not shadow a built-in."""
+    found = _builtin()
+    for ep in entry_points(group=ENTRY_POINT_GROUP):
+        if ep.name not in found:
+            found[ep.name] = ep.load()
+    return found
+
+
+def get_pipeline(name: str) -> Pipeline:
+    pipelines = available_pipelines()
+    try:
+        return pipelines[name]()
+    except KeyError:
+        raise UnknownPipelineError(
+            f"no pipeline named {name!r} is installed (available: {', '.join(sorted(pipelines))})"
+        ) from None

@@ -1,0 +1,296 @@
+"""The ``pacsnode`` command line."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+from collections import defaultdict
+from pathlib import Path
+
+import click
+from pydicom import dcmread
+
+from node.config import ConfigError, NodeConfig, load_config
+from node.logs import setup_logging
+
+CONFIG_ENV = "PACSNODE_CONFIG"
+
+
+def _load(config_path: str | None) -> NodeConfig:
+    try:
+        return load_config(config_path)
+    except ConfigError as exc:
+        raise click.ClickException(str(exc)) from exc
+
+
+config_option = click.option(
+    "--config", "-c", "config_path", envvar=CONFIG_ENV, type=click.Path(dir_okay=False),
+    help=f"YAML configuration file (or ${CONFIG_ENV}); defaults apply without one.",
+)
+
+
+@click.group()
+@click.version_option(package_name="pacsnode")
+def main() -> None:
+    """pacsnode: a DICOM node that runs imaging AI on studies and sends results to PACS.
+
+    Research use only; not a medical device.
+    """
+
+
+@main.command()
+@config_option
+def serve(config_path: str | None) -> None:
+    """Run the node: DICOM listener, routing, jobs, outbox, /metrics and /healthz."""
+    config = _load(config_path)
+    setup_logging(config.logging.level, config.logging.json_format)
+    from node.service import Node
+
+    try:
+        node = Node(config)
+    except Exception as exc:
+        raise click.ClickException(f"cannot start: {exc}") from exc
+    if config_path:
+        os.environ[CONFIG_ENV] = str(Path(config_path).resolve())
+    node.run_forever()
+
+
+@main.command()
+@config_option
+@click.option("--queues", default="cpu,gpu", show_default=True, help="Comma-separated: cpu, gpu.")
+@click.option("--concurrency", type=int, default=None, help="Parallel jobs (default: broker.worker_concurrency).")
+@click.option("--pool", default="prefork", show_default=True,
+              type=click.Choice(["prefork", "threads", "solo"]), help="Celery pool; prefork enforces time limits.")
+def worker(config_path: str | None, queues: str, concurrency: int | None, pool: str) -> None:
+    """Run a worker that executes pipeline jobs from the broker (scale-out mode)."""
+    config = _load(config_path)
+    setup_logging(config.logging.level, config.logging.json_format)
+    from node.jobs import QUEUES, configure_celery
+
+    names = [q.strip() for q in queues.split(",") if q.strip()]
+    unknown = [q for q in names if q not in QUEUES]
+    if unknown:
+        raise click.ClickException(f"unknown queue(s) {unknown}; choose from {sorted(QUEUES)}")
+    app = configure_celery(config)
+    app.Worker(
+        queues=[QUEUES[q] for q in names],
+        concurrency=concurrency or config.broker.worker_concurrency,
+        pool=pool,
+        loglevel=config.logging.level,
+        without_mingle=True,
+        without_gossip=True,
+        hostname=f"pacsnode-{'-'.join(names)}@{os.uname().nodename}",
+    ).start()
+
+
+def _index(config: NodeConfig):  # type: ignore[no-untyped-def]
+    from node.index import Index
+
+    path = config.spool.path / "index.sqlite"
+    if not path.exists():
+        raise click.ClickException(f"no index at {path}: has the node run with this spool?")
+    return Index(path)
+
+
+@main.command()
+@config_option
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@click.option("--limit", default=50, show_default=True)
+def status(config_path: str | None, as_json: bool, limit: int) -> None:
+    """Show studies, their jobs, and the outbox."""
+    from node.service import status_report
+
+    report = status_report(_index(_load(config_path)), limit)
+    if as_json:
+        click.echo(json.dumps(report, indent=1))
+        return
+    click.echo(f"{'STUDY INSTANCE UID':<64} {'STATE':<10} {'INST':>6}  JOBS")
+    for study in report["studies"]:
+        jobs = ", ".join(f"#{j['id']} {j['pipeline']}:{j['state']}" for j in study["jobs"]) or "-"
+        click.echo(f"{study['study_uid']:<64} {study['state']:<10} {study['instances']:>6}  {jobs}")
+        for j in study["jobs"]:
+            if j["state"] == "failed" and j["reason"]:
+                click.echo(f"{'':<64} job #{j['id']} failed: {j['reason']}")
+    click.echo("\nOUTBOX")
+    if not report["outbox"]:
+        click.echo("  (empty)")
+    for row in report["outbox"]:
+        click.echo(f"  {row['destination']:<20} {row['state']:<8} {row['count']}")
+    for dead in report["dead_letters"]:
+        click.echo(f"  dead letter #{dead['id']} → {dead['destination']} after {dead['attempts']} attempts: {dead['error']}")
+
+
+@main.command()
+@config_option
+@click.option("--destination", default=None, help="Only this destination.")
+@click.option("--include-sent", is_flag=True, help="Send items that already arrived again too.")
+@click.option("--job", "job_ids", type=int, multiple=True, help="Also re-run these failed jobs.")
+def resend(config_path: str | None, destination: str | None, include_sent: bool, job_ids: tuple[int, ...]) -> None:
+    """Queue dead-letter results for sending again (and optionally re-run failed jobs)."""
+    index = _index(_load(config_path))
+    count = index.resend(destination, include_sent)
+    click.echo(f"{count} outbox item(s) queued for sending again")
+    for job_id in job_ids:
+        if index.retry_job(job_id):
+            click.echo(f"job #{job_id} queued again (a running node dispatches it shortly)")
+        else:
+            click.echo(f"job #{job_id} is not a failed job; left alone", err=True)
+
+
+@main.command()
+@click.argument("peer")
+@click.option("--calling-ae", default="PACSNODE", show_default=True)
+def echo(peer: str, calling_ae: str) -> None:
+    """C-ECHO a DICOM peer given as AE@HOST:PORT."""
+    from node.sender import DicomSender, SendError, parse_peer
+
+    try:
+        sender = DicomSender(parse_peer(peer), calling_ae)
+        status_code = sender.echo()
+    except (ValueError, SendError) as exc:
+        raise click.ClickException(str(exc)) from exc
+    if status_code != 0:
+        raise click.ClickException(f"{peer} answered C-ECHO with status 0x{status_code:04X}")
+    click.echo(f"{peer}: C-ECHO succeeded")
+
+
+def _dicom_files(path: Path) -> list[Path]:
+    if path.is_file():
+        return [path]
+    return sorted(p for p in path.rglob("*") if p.is_file() and not p.name.startswith("."))
+
+
+@main.command()
+@click.argument("path", type=click.Path(exists=True, path_type=Path))
+@click.option("--to", "peer", required=True, help="Destination as AE@HOST:PORT.")
+@click.option("--calling-ae", default="PACSNODE", show_default=True)
+def send(path: Path, peer: str, calling_ae: str) -> None:
+    """Send a DICOM file or folder to a peer (C-STORE)."""
+    from node.sender import DicomSender, SendError, parse_peer
+
+    try:
+        sender = DicomSender(parse_peer(peer), calling_ae)
+        results = sender.send(_dicom_files(path))
+    except (ValueError, SendError) as exc:
+        raise click.ClickException(str(exc)) from exc
+    failed = [r for r in results if not r.ok]
+    for r in failed:
+        click.echo(f"failed: {r.path}: {r.error}", err=True)
+    click.echo(f"sent {len(results) - len(failed)} of {len(results)} file(s) to {peer}")
+    if failed:
+        sys.exit(1)
+
+
+def _read_folder(folder: Path) -> dict[str, dict[str, list[tuple[Path, object]]]]:
+    """study → series → [(path, header)] for every DICOM file under *folder*."""
+    studies: dict[str, dict[str, list[tuple[Path, object]]]] = defaultdict(lambda: defaultdict(list))
+    for path in _dicom_files(folder):
+        try:
+            ds = dcmread(path, stop_before_pixels=True)
+            studies[str(ds.StudyInstanceUID)][str(ds.SeriesInstanceUID)].append((path, ds))
+        except Exception:
+            continue
+    return studies
+
+
+@main.command()
+@config_option
+@click.option("--dry-run", "folder", required=True, type=click.Path(exists=True, file_okay=False, path_type=Path),
+              help="Folder of DICOM files to evaluate the routes against.")
+@click.option("--calling-ae", default=None, help="Pretend the files came from this AE.")
+def routes(config_path: str | None, folder: Path, calling_ae: str | None) -> None:
+    """Print which routes and pipelines a folder of DICOM would trigger."""
+    from node.listener import _int, _text
+    from node.routing import Router, SeriesFacts
+
+    config = _load(config_path)
+    router = Router(config.routes, config.pipelines)
+    studies = _read_folder(folder)
+    if not studies:
+        raise click.ClickException(f"no DICOM files found under {folder}")
+    for study_uid, series_map in studies.items():
+        facts = []
+        for series_uid, items in series_map.items():
+            first = items[0][1]
+            positions = {_int(ds, "TemporalPositionIdentifier") for _, ds in items}  # type: ignore[arg-type]
+            facts.append(SeriesFacts(
+                series_uid=series_uid, modality=_text(first, "Modality"),  # type: ignore[arg-type]
+                series_description=_text(first, "SeriesDescription"),  # type: ignore[arg-type]
+                series_number=_int(first, "SeriesNumber"), body_part=_text(first, "BodyPartExamined"),  # type: ignore[arg-type]
+                image_type=_text(first, "ImageType"), calling_ae=calling_ae,  # type: ignore[arg-type]
+                temporal_positions=max(_int(first, "NumberOfTemporalPositions") or 1, len(positions - {None}), 1),  # type: ignore[arg-type]
+                instance_count=len(items)))
+        click.echo(f"study {study_uid} ({len(facts)} series)")
+        for f in facts:
+            click.echo(f"  series {f.series_number} {f.modality} {f.series_description!r}: "
+                       f"{f.instance_count} instances, {f.temporal_positions} temporal positions")
+        decisions = router.decide(facts)
+        if not decisions:
+            click.echo("  → no route matches")
+        for d in decisions:
+            dest = ", ".join(d.destinations) or "(no destination)"
+            click.echo(f"  → route {d.route!r}: pipeline {d.pipeline} on {len(d.series_uids)} series → {dest}")
+
+
+@main.command()
+@click.argument("pipeline")
+@click.argument("input_dir", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False, path_type=Path))
+@click.option("--option", "-o", "options", multiple=True, help="Pipeline option KEY=VALUE (repeatable).")
+def run(pipeline: str, input_dir: Path, out_dir: Path, options: tuple[str, ...]) -> None:
+    """Run one pipeline on a folder of DICOM, offline, writing results to --out."""
+    from inference.base import PipelineError, SeriesInput, StudyInput
+    from inference.registry import UnknownPipelineError, get_pipeline
+    from node.jobs import encode_dataset
+
+    setup_logging("INFO", json_format=False)
+    try:
+        runner = get_pipeline(pipeline)
+    except UnknownPipelineError as exc:
+        raise click.ClickException(str(exc)) from exc
+    opts: dict[str, object] = {}
+    for item in options:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise click.ClickException(f"option {item!r} is not KEY=VALUE")
+        try:
+            opts[key] = json.loads(value)
+        except json.JSONDecodeError:
+            opts[key] = value
+    studies = _read_folder(input_dir)
+    if not studies:
+        raise click.ClickException(f"no DICOM files found under {input_dir}")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    written = 0
+    for study_uid, series_map in studies.items():
+        series = tuple(
+            SeriesInput(uid, getattr(items[0][1], "Modality", None), getattr(items[0][1], "SeriesDescription", None),
+                        getattr(items[0][1], "SeriesNumber", None), tuple(p for p, _ in items))
+            for uid, items in series_map.items()
+        )
+        started = time.perf_counter()
+        try:
+            outputs = runner.run(StudyInput(study_uid, series), opts)
+        except PipelineError as exc:
+            raise click.ClickException(f"{pipeline} failed: {exc}") from exc
+        for ds in outputs:
+            target = out_dir / f"{ds.SOPInstanceUID}.dcm"
+            target.write_bytes(encode_dataset(ds))
+            written += 1
+        click.echo(f"study {study_uid}: {len(outputs)} object(s) in {time.perf_counter() - started:.2f} s")
+    click.echo(f"wrote {written} object(s) to {out_dir}")
+
+
+@main.command()
+def pipelines() -> None:
+    """List the installed pipelines."""
+    from inference.registry import available_pipelines
+
+    for name, cls in sorted(available_pipelines().items()):
+        click.echo(f"{name:<24} queue={cls.queue:<4} v{cls.version}  {cls.summary}")
+
+
+if __name__ == "__main__":
+    main()

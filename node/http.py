@@ -1,0 +1,91 @@
+"""The node's HTTP endpoint: ``/metrics`` for Prometheus, ``/healthz`` and ``/status`` for people.
+
+Every endpoint except ``/metrics`` requires ``Authorization: Bearer <token>``
+when ``http.token`` is configured.
+"""
+
+from __future__ import annotations
+
+import hmac
+import json
+import logging
+import threading
+from collections.abc import Callable
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from node.metrics import REGISTRY
+
+log = logging.getLogger("pacsnode.http")
+
+HealthCheck = Callable[[], dict[str, Any]]
+
+
+class NodeHttpServer:
+    """Serves metrics, health and status on a background thread."""
+
+    def __init__(self, host: str, port: int, token: str | None,
+                 health: HealthCheck, status: Callable[[], dict[str, Any]]) -> None:
+        self.token = token
+        self.health = health
+        self.status = status
+        server = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, format: str, *args: Any) -> None:  # noqa: A002
+                log.debug("http request", extra={"line": format % args})
+
+            def _send(self, code: int, body: bytes, content_type: str) -> None:
+                self.send_response(code)
+                self.send_header("Content-Type", content_type)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def _json(self, code: int, payload: dict[str, Any]) -> None:
+                self._send(code, json.dumps(payload, indent=1).encode(), "application/json")
+
+            def _authorised(self) -> bool:
+                if not server.token:
+                    return True
+                given = self.headers.get("Authorization", "")
+                expected = f"Bearer {server.token}"
+                return hmac.compare_digest(given.encode(), expected.encode())
+
+            def do_GET(self) -> None:  # noqa: N802
+                path = self.path.split("?", 1)[0]
+                if path == "/metrics":
+                    self._send(200, generate_latest(REGISTRY), CONTENT_TYPE_LATEST)
+                    return
+                if path not in ("/healthz", "/status"):
+                    self._json(404, {"error": "not found"})
+                    return
+                if not self._authorised():
+                    self._json(401, {"error": "missing or wrong bearer token"})
+                    return
+                try:
+                    if path == "/healthz":
+                        report = server.health()
+                        self._json(200 if report["status"] == "ok" else 503, report)
+                    else:
+                        self._json(200, server.status())
+                except Exception as exc:
+                    log.exception("http handler failed")
+                    self._json(500, {"error": type(exc).__name__})
+
+        self._httpd = ThreadingHTTPServer((host, port), Handler)
+        self._httpd.daemon_threads = True
+        self._thread = threading.Thread(target=self._httpd.serve_forever, name="http", daemon=True)
+
+    @property
+    def port(self) -> int:
+        return int(self._httpd.server_address[1])
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._httpd.shutdown()
+        self._httpd.server_close()
