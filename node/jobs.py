@@ -55,6 +55,11 @@ def configure_celery(config: NodeConfig) -> Celery:
         # An unacknowledged task comes back after this long; the supervisor's
         # heartbeat check usually re-dispatches much sooner.
         transport_options["visibility_timeout"] = int(config.jobs.time_limit_s + 300)
+    if celery_app._pool is not None:
+        # Re-pointing an app that already connected (tests, reloads): drop the old pools.
+        celery_app._pool.force_close_all()
+        celery_app._pool = None
+        celery_app.amqp._producer_pool = None
     celery_app.conf.update(
         broker_url=config.broker_url,
         broker_transport_options=transport_options,
