@@ -268,10 +268,11 @@ class StorageListener:
 
     def _on_rejected(self, event: evt.Event) -> None:
         calling = event.assoc.requestor.ae_title
-        called = event.assoc.acceptor.ae_title
+        request = getattr(event.assoc.requestor, "primitive", None)
+        called = str(getattr(request, "called_ae_title", "") or "").strip()
         if self.config.allowed_calling_aes and calling not in self.config.allowed_calling_aes:
             reason = "calling_ae_not_allowed"
-        elif self.config.check_called_ae and called.strip() != self.config.ae_title:
+        elif self.config.check_called_ae and called != self.config.ae_title:
             reason = "called_ae_mismatch"
         else:
             reason = "busy"

@@ -1,0 +1,208 @@
+"""The listener against real dcmtk peers and hostile input: durable, idempotent, and never silent."""
+
+from __future__ import annotations
+
+import socket
+import subprocess
+from pathlib import Path
+
+import pytest
+from pydicom import dcmread
+from pydicom.uid import ExplicitVRLittleEndian
+from pynetdicom import AE, _config
+from pynetdicom.sop_class import MRImageStorage, Verification  # type: ignore[attr-defined]
+
+from tests.node_harness import DCMTK_ENV, NodeProcess, wait_until, write_mr_series
+
+pytestmark = pytest.mark.e2e
+
+
+@pytest.fixture()
+def node(tmp_path):
+    proc = NodeProcess(tmp_path / "node", dicom={"allowed_calling_aes": ["STORESCU", "ECHOSCU", "PYNETDICOM"]},
+                       study={"stable_seconds": 300})
+    proc.start()
+    yield proc
+    proc.stop()
+
+
+def _send_raw(port: int, path: Path, calling: str = "PYNETDICOM") -> int:
+    """C-STORE a file's bytes as they are (no re-encoding), as a broken modality would."""
+    ae = AE(ae_title=calling)
+    ae.add_requested_context(MRImageStorage, ExplicitVRLittleEndian)
+    assoc = ae.associate("127.0.0.1", port, ae_title="PACSNODE")
+    assert assoc.is_established
+    old = _config.STORE_SEND_CHUNKED_DATASET
+    _config.STORE_SEND_CHUNKED_DATASET = True
+    try:
+        status = assoc.send_c_store(path)
+    finally:
+        _config.STORE_SEND_CHUNKED_DATASET = old
+        assoc.release()
+    return int(status.Status)
+
+
+def _metric(node: NodeProcess, name: str) -> float:
+    import urllib.request
+
+    body = urllib.request.urlopen(f"http://127.0.0.1:{node.http_port}/metrics", timeout=5).read().decode()
+    total = 0.0
+    for line in body.splitlines():
+        if line.startswith(name):
+            total += float(line.rsplit(" ", 1)[1])
+    return total
+
+
+def test_echo_and_store_are_durable_and_indexed(node, tmp_path):
+    echo = subprocess.run(["echoscu", "-aet", "ECHOSCU", "-aec", "PACSNODE", "127.0.0.1", str(node.dicom_port)],
+                          env=DCMTK_ENV, capture_output=True, text=True)
+    assert echo.returncode == 0, echo.stderr
+    files = write_mr_series(tmp_path / "in", count=6)
+    result = node.storescu(*files)
+    assert result.returncode == 0, result.stderr
+    status = node.status()
+    [study] = status["studies"]
+    assert study["instances"] == 6
+    stored = sorted((node.workdir / "spool" / "studies").rglob("*.dcm"))
+    assert len(stored) == 6
+    # Byte-identical datasets: what the sender sent is what is on disk.
+    sent = {dcmread(f).SOPInstanceUID: dcmread(f).PixelData for f in files}
+    assert {dcmread(f).SOPInstanceUID: dcmread(f).PixelData for f in stored} == sent
+    assert _metric(node, "pacsnode_instances_received_total") == 6
+
+
+def test_the_same_instance_twice_is_stored_once(node, tmp_path):
+    files = write_mr_series(tmp_path / "in", count=3)
+    assert node.storescu(*files).returncode == 0
+    again = node.storescu(*files)
+    assert again.returncode == 0, again.stderr  # no error to the sender
+    [study] = node.status()["studies"]
+    assert study["instances"] == 3
+    assert len(list((node.workdir / "spool" / "studies").rglob("*.dcm"))) == 3
+
+
+def test_unknown_calling_ae_is_rejected_and_counted(node, tmp_path):
+    files = write_mr_series(tmp_path / "in", count=1)
+    result = node.storescu(*files, calling_ae="STRANGER")
+    assert result.returncode != 0
+    assert "Association Rejected" in result.stderr or "rejected" in result.stderr.lower()
+    assert _metric(node, 'pacsnode_associations_rejected_total{reason="calling_ae_not_allowed"}') == 1
+    assert '"reason": "calling_ae_not_allowed"' in node.log()
+    assert '"calling_ae": "STRANGER"' in node.log()
+
+
+def test_wrong_called_ae_is_rejected(node, tmp_path):
+    files = write_mr_series(tmp_path / "in", count=1)
+    result = node.storescu(*files, called_ae="SOMEONEELSE")
+    assert result.returncode != 0
+    assert _metric(node, 'pacsnode_associations_rejected_total{reason="called_ae_mismatch"}') == 1
+
+
+def test_truncated_dataset_is_refused_with_a_failure_status(node, tmp_path):
+    [good] = write_mr_series(tmp_path / "in", count=1)
+    truncated = tmp_path / "truncated.dcm"
+    truncated.write_bytes(good.read_bytes()[:-500])
+    status = _send_raw(node.dicom_port, truncated)
+    assert status == 0xC000
+    assert _metric(node, 'pacsnode_instances_rejected_total{reason="truncated"}') == 1
+    assert node.status()["studies"] == []
+
+
+def test_dataset_without_sop_instance_uid_is_refused(node, tmp_path):
+    [good] = write_mr_series(tmp_path / "in", count=1)
+    ds = dcmread(good)
+    sop_uid = ds.SOPInstanceUID
+    del ds.SOPInstanceUID
+    ds.file_meta.MediaStorageSOPInstanceUID = sop_uid
+    broken = tmp_path / "no_uid.dcm"
+    ds.save_as(broken, enforce_file_format=True)
+    assert _send_raw(node.dicom_port, broken) == 0xA900
+    assert "SOPInstanceUID" in node.log()
+    assert node.status()["studies"] == []
+
+
+def test_garbage_on_the_port_does_not_hurt_the_node(node, tmp_path):
+    for payload in (b"GET / HTTP/1.1\r\nHost: x\r\n\r\n", b"\x01\x00\x00\xff\xff\xff\xff" + b"\x00" * 64, b"\x00" * 3):
+        with socket.create_connection(("127.0.0.1", node.dicom_port), timeout=5) as s:
+            s.sendall(payload)
+            s.settimeout(5)
+            try:
+                s.recv(1024)
+            except (TimeoutError, ConnectionResetError):
+                pass
+    files = write_mr_series(tmp_path / "in", count=2)
+    assert node.storescu(*files).returncode == 0
+    assert node.status()["studies"][0]["instances"] == 2
+
+
+def test_full_disk_answers_out_of_resources(tmp_path):
+    node = NodeProcess(tmp_path / "node", spool={"min_free_mb": 1_000_000_000})
+    node.start()
+    try:
+        files = write_mr_series(tmp_path / "in", count=1)
+        result = node.storescu(*files, extra=("-v",))
+        assert result.returncode != 0
+        assert "refused: outofresources" in (result.stdout + result.stderr).lower(), result.stderr
+        assert not list((node.workdir / "spool" / "studies").rglob("*.dcm"))
+        assert _metric(node, 'pacsnode_instances_rejected_total{reason="disk_full"}') == 1
+        import json
+        import urllib.request
+        try:
+            urllib.request.urlopen(f"http://127.0.0.1:{node.http_port}/healthz", timeout=5)
+            raise AssertionError("healthz should report 503 when the spool is full")
+        except urllib.error.HTTPError as err:
+            assert err.code == 503
+            report = json.loads(err.read())
+            assert report["checks"]["spool"]["ok"] is False
+    finally:
+        node.stop()
+
+
+def test_unwritable_spool_answers_failure_not_success(tmp_path):
+    node = NodeProcess(tmp_path / "node")
+    node.start()
+    try:
+        studies = node.workdir / "spool" / "studies"
+        files = write_mr_series(tmp_path / "in", count=1)
+        ds = dcmread(files[0])
+        blocker = studies / ds.StudyInstanceUID  # a file where the study folder must go
+        blocker.write_bytes(b"not a folder")
+        result = node.storescu(*files, extra=("-v",))
+        assert result.returncode != 0
+        assert "refused: outofresources" in (result.stdout + result.stderr).lower(), result.stderr
+        assert _metric(node, 'pacsnode_instances_rejected_total{reason="write_failed"}') == 1
+        assert node.status()["studies"] == []
+    finally:
+        node.stop()
+
+
+def test_tls_listener_with_a_self_signed_ca(tmp_path):
+    pki = tmp_path / "pki"
+    pki.mkdir()
+
+    def openssl(*args: str) -> None:
+        subprocess.run(["openssl", *args], cwd=pki, check=True, capture_output=True)
+
+    openssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", "ca.key", "-out", "ca.pem",
+            "-days", "2", "-subj", "/CN=pacsnode test CA")
+    for name in ("node", "client"):
+        openssl("req", "-newkey", "rsa:2048", "-nodes", "-keyout", f"{name}.key", "-out", f"{name}.csr",
+                "-subj", f"/CN={name}")
+        openssl("x509", "-req", "-in", f"{name}.csr", "-CA", "ca.pem", "-CAkey", "ca.key",
+                "-CAcreateserial", "-out", f"{name}.pem", "-days", "2")
+    node = NodeProcess(tmp_path / "node", dicom={"tls": {
+        "enabled": True, "certificate": str(pki / "node.pem"), "private_key": str(pki / "node.key"),
+        "ca_certificates": str(pki / "ca.pem")}})
+    node.start()
+    try:
+        files = write_mr_series(tmp_path / "in", count=2)
+        tls = ("+tls", str(pki / "client.key"), str(pki / "client.pem"), "+cf", str(pki / "ca.pem"))
+        result = node.storescu(*files, extra=tls)
+        assert result.returncode == 0, result.stderr
+        assert node.status()["studies"][0]["instances"] == 2
+        # Without a client certificate from the CA, the handshake fails and nothing is stored.
+        plain = node.storescu(*write_mr_series(tmp_path / "other", count=1))
+        assert plain.returncode != 0
+        assert len(node.status()["studies"]) == 1
+    finally:
+        node.stop()
