@@ -8,6 +8,7 @@ many instances reached the node.
 
 from __future__ import annotations
 
+import time
 from collections import defaultdict
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -32,6 +33,11 @@ class StudyInventoryPipeline(Pipeline):
     summary = "Structured Report listing the series and instances the node received"
 
     def run(self, study: StudyInput, options: Mapping[str, Any]) -> Sequence[Dataset]:
+        """Options: ``series_number`` of the SR (default 9901); ``hold_s`` to wait before
+        finishing, so an administrator can rehearse a worker failure on a real job."""
+        hold = float(options.get("hold_s", 0))
+        if hold > 0:
+            time.sleep(min(hold, 600))
         headers = [dcmread(p, stop_before_pixels=True) for p in study.all_paths]
         if not headers:
             raise PipelineInputError(f"study {study.study_uid} has no instances to list")
