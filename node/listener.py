@@ -14,11 +14,10 @@ import threading
 import time
 from dataclasses import dataclass
 from io import BytesIO
+from typing import Any
 
 from pydicom import dcmread
 from pydicom.dataset import Dataset
-from pydicom.errors import InvalidDicomError
-from pydicom.uid import UID
 from pynetdicom import ALL_TRANSFER_SYNTAXES, AE, _config, evt
 from pynetdicom.presentation import AllStoragePresentationContexts
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
@@ -39,31 +38,44 @@ _config.UNRESTRICTED_STORAGE_SERVICE = True
 _config.LOG_REQUEST_IDENTIFIERS = False
 _config.LOG_RESPONSE_IDENTIFIERS = False
 
+
+
+class _CappedSleepTime:
+    """The ``time`` module with ``sleep`` capped, for pynetdicom's polling reactors."""
+
+    def __init__(self, cap_s: float) -> None:
+        self._cap = cap_s
+
+    def sleep(self, seconds: float) -> None:
+        time.sleep(min(seconds, self._cap))
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(time, name)
+
+
+def tune_reactor_polling(cap_s: float) -> None:
+    """Shorten the sleeps of pynetdicom's association and DUL reactors.
+
+    Both poll with fixed 1 ms sleeps, which adds about a millisecond to every
+    C-STORE round trip and caps one association near 300 instances/s; capped
+    at 0.2 ms the bare receive rate rises by about a quarter, for a few percent
+    of a core per open association.
+    """
+    import pynetdicom.association
+    import pynetdicom.dul
+
+    shim: Any = _CappedSleepTime(cap_s)
+    pynetdicom.association.time = shim  # type: ignore[attr-defined]
+    pynetdicom.dul.time = shim  # type: ignore[attr-defined]
+
+
 STATUS_SUCCESS = 0x0000
 STATUS_OUT_OF_RESOURCES = 0xA700
 STATUS_CANNOT_UNDERSTAND = 0xC000
 STATUS_DATASET_MISMATCH = 0xA900
 
-# Header elements read from each received instance (everything else stays unparsed).
-_HEADER_TAGS = [
-    "SOPClassUID",
-    "SOPInstanceUID",
-    "StudyInstanceUID",
-    "SeriesInstanceUID",
-    "Modality",
-    "SeriesDescription",
-    "SeriesNumber",
-    "BodyPartExamined",
-    "ImageType",
-    "NumberOfTemporalPositions",
-    "TemporalPositionIdentifier",
-    "Rows",
-    "Columns",
-    "BitsAllocated",
-    "SamplesPerPixel",
-    "NumberOfFrames",
-    "PixelData",
-]
+# Values larger than this are measured but not read when parsing a received header.
+_DEFER_BYTES = 4096
 
 
 class RejectedInstance(Exception):
@@ -102,16 +114,16 @@ def _int(ds: Dataset, keyword: str) -> int | None:
 
 
 def parse_received(data: bytes, affected_sop_uid: str | None) -> ParsedHeader:
-    """Parse the header of an encoded instance (file meta included) and check it is storable."""
+    """Parse the header of an encoded instance (file meta included) and check it is storable.
+
+    Large values (pixel data) are not read, only measured: a value that runs
+    past the end of what was received means a truncated transfer.
+    """
     try:
-        ds = dcmread(BytesIO(data), specific_tags=_HEADER_TAGS)
-    except (InvalidDicomError, EOFError, ValueError, KeyError, TypeError, OSError) as exc:
+        ds = dcmread(BytesIO(data), defer_size=_DEFER_BYTES)
+    except Exception as exc:  # pydicom raises many error types on hostile input
         raise RejectedInstance(
             STATUS_CANNOT_UNDERSTAND, "unparseable", f"dataset cannot be decoded: {exc}"
-        ) from exc
-    except Exception as exc:  # pydicom raises a variety of errors on hostile input
-        raise RejectedInstance(
-            STATUS_CANNOT_UNDERSTAND, "unparseable", f"dataset cannot be decoded: {exc!r}"
         ) from exc
     missing = [k for k in ("SOPInstanceUID", "StudyInstanceUID", "SeriesInstanceUID")
                if not str(ds.get(k, "")).strip()]
@@ -128,7 +140,7 @@ def parse_received(data: bytes, affected_sop_uid: str | None) -> ParsedHeader:
             "uid_mismatch",
             "SOP Instance UID in the dataset differs from the C-STORE request's",
         )
-    _check_pixel_length(ds, data)
+    _check_complete(ds, len(data))
     sop_class = str(ds.get("SOPClassUID", "") or ds.file_meta.get("MediaStorageSOPClassUID", ""))
     return ParsedHeader(
         sop_class_uid=sop_class,
@@ -139,30 +151,20 @@ def parse_received(data: bytes, affected_sop_uid: str | None) -> ParsedHeader:
     )
 
 
-def _check_pixel_length(ds: Dataset, data: bytes) -> None:
-    """Reject native pixel data shorter than its header says (a truncated transfer)."""
-    if "PixelData" not in ds:
-        return
-    tsyntax = UID(ds.file_meta.get("TransferSyntaxUID", "1.2.840.10008.1.2"))
-    element = ds["PixelData"]
-    if tsyntax.is_encapsulated:
-        return
-    try:
-        expected = (
-            int(ds.Rows) * int(ds.Columns) * int(ds.get("SamplesPerPixel", 1))
-            * int(ds.get("NumberOfFrames", 1) or 1) * int(ds.BitsAllocated)
-        ) // 8
-    except (AttributeError, TypeError, ValueError) as exc:
-        raise RejectedInstance(
-            STATUS_CANNOT_UNDERSTAND, "bad_image_header", f"image header incomplete: {exc}"
-        ) from exc
-    actual = len(element.value) if element.value is not None else 0
-    if actual < expected:
-        raise RejectedInstance(
-            STATUS_CANNOT_UNDERSTAND,
-            "truncated",
-            f"pixel data is truncated ({actual} of {expected} bytes)",
-        )
+def _check_complete(ds: Dataset, received: int) -> None:
+    """Reject a dataset whose last deferred value (pixel data) ends past the received bytes."""
+    for tag in list(ds.keys())[-3:]:
+        raw = ds.get_item(tag, keep_deferred=True)
+        length = getattr(raw, "length", None)
+        tell = getattr(raw, "value_tell", None)
+        if raw is None or tell is None or length in (None, 0xFFFFFFFF):
+            continue
+        if tell + length > received:
+            raise RejectedInstance(
+                STATUS_CANNOT_UNDERSTAND,
+                "truncated",
+                f"dataset is truncated ({received - tell} of {length} bytes of {tag} received)",
+            )
 
 
 class StorageListener:
@@ -180,6 +182,8 @@ class StorageListener:
         self._ae = self._build_ae()
 
     def _build_ae(self) -> AE:
+        if self.config.reactor_poll_s < 0.001:
+            tune_reactor_polling(self.config.reactor_poll_s)
         ae = AE(ae_title=self.config.ae_title)
         for cx in AllStoragePresentationContexts:
             ae.add_supported_context(cx.abstract_syntax, ALL_TRANSFER_SYNTAXES)

@@ -20,6 +20,7 @@ import hashlib
 import os
 import re
 import shutil
+import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -74,6 +75,9 @@ class Spool:
         for path in (self.paths.root, self.paths.incoming, self.paths.studies, self.paths.results):
             path.mkdir(parents=True, exist_ok=True)
         self._known_dirs: set[Path] = set()
+        self._free_checked_at = float("-inf")
+        self._free_at_check = 0
+        self._written_since_check = 0
 
     @property
     def root(self) -> Path:
@@ -97,6 +101,15 @@ class Spool:
         stat = os.statvfs(self.paths.root)
         return stat.f_bavail * stat.f_frsize
 
+    def _free_bytes_cached(self) -> int:
+        """Free bytes, re-read at most every 0.2 s and net of what was written since."""
+        now = time.monotonic()
+        if now - self._free_checked_at > 0.2:
+            self._free_at_check = self.free_bytes()
+            self._free_checked_at = now
+            self._written_since_check = 0
+        return self._free_at_check - self._written_since_check
+
     def accepting(self) -> bool:
         """Whether enough disk is free to accept new data."""
         return self.free_bytes() >= self.min_free_bytes
@@ -108,7 +121,7 @@ class Spool:
         or :class:`SpoolError` (with the operating system's reason) on any failure.
         A failure never leaves a partial file at *destination*.
         """
-        if self.free_bytes() - len(data) < self.min_free_bytes:
+        if self._free_bytes_cached() - len(data) < self.min_free_bytes:
             raise SpoolFullError(
                 f"spool {self.root} has less than the configured minimum of "
                 f"{self.min_free_bytes // (1024 * 1024)} MiB free"
@@ -136,6 +149,7 @@ class Spool:
                     for ancestor in (parent.parent, parent.parent.parent):
                         self._fsync_dir(ancestor)
             self._known_dirs.add(parent)
+            self._written_since_check += len(data)
         except OSError as exc:
             tmp.unlink(missing_ok=True)
             raise SpoolError(f"cannot write {destination.name}: {exc.strerror or exc}") from exc
