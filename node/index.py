@@ -276,13 +276,6 @@ class Index:
 
     # -- instances ---------------------------------------------------------
 
-    def has_instance(self, sop_instance_uid: str) -> bool:
-        return bool(
-            self._query(
-                "SELECT 1 FROM instances WHERE sop_instance_uid = ?", (sop_instance_uid,)
-            )
-        )
-
     def add_instance(self, rec: InstanceRecord, received_at: float | None = None) -> bool:
         """Index a stored instance; returns False if it was already indexed.
 

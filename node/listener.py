@@ -323,22 +323,20 @@ class StorageListener:
         path = self.spool.instance_path(
             header.study_uid, header.series_uid, header.sop_instance_uid
         )
-        duplicate = self.index.has_instance(header.sop_instance_uid)
         try:
             self.spool.write_durably(path, data)
         except SpoolFullError as exc:
             raise RejectedInstance(STATUS_OUT_OF_RESOURCES, "disk_full", str(exc)) from exc
         except SpoolError as exc:
             raise RejectedInstance(STATUS_OUT_OF_RESOURCES, "write_failed", str(exc)) from exc
-        if duplicate:
-            log.debug("duplicate instance stored again", extra={"sop_class": header.sop_class_uid})
-            return False
         record = instance_record(header.dataset, str(path), len(data), calling_ae)
         try:
             new = self.index.add_instance(record)
         except IndexDatabaseError as exc:
             raise RejectedInstance(STATUS_OUT_OF_RESOURCES, "index_failed", str(exc)) from exc
-        if new and self.audit is not None:
+        if not new:
+            log.debug("duplicate instance stored again", extra={"sop_class": header.sop_class_uid})
+        elif self.audit is not None:
             self.audit.instance_received(calling_ae, header.study_uid, header.sop_class_uid)
         return new
 

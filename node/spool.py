@@ -140,7 +140,8 @@ class Spool:
                 os.close(fd)
             parent = destination.parent
             new_dir = parent not in self._known_dirs and not parent.exists()
-            parent.mkdir(parents=True, exist_ok=True)
+            if new_dir:
+                parent.mkdir(parents=True, exist_ok=True)
             os.replace(tmp, destination)
             if self.fsync:
                 self._fsync_dir(parent)
