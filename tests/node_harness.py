@@ -157,6 +157,7 @@ class NodeProcess:
         try:
             wait_for_port(self.dicom_port)
             wait_for_port(self.http_port)
+            wait_until(lambda: "node started" in self.log(), timeout=30, interval=0.05, what="start-up")
         except TimeoutError:
             self.stop()
             raise RuntimeError(f"node did not start:\n{self.log()}")
