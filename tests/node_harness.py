@@ -155,8 +155,7 @@ class NodeProcess:
             stdout=log, stderr=subprocess.STDOUT, env={**os.environ, **(env or {})}, cwd=self.workdir,
         )
         try:
-            wait_for_port(self.dicom_port)
-            wait_for_port(self.http_port)
+            # Not a TCP probe of the DICOM port: it would hold an association slot until timeout.
             wait_until(lambda: "node started" in self.log(), timeout=30, interval=0.05, what="start-up")
         except TimeoutError:
             self.stop()

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 from pydicom import dcmread
-from pydicom.uid import ExplicitVRLittleEndian
+from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 from pynetdicom import AE, _config
 from pynetdicom.sop_class import MRImageStorage, Verification  # type: ignore[attr-defined]
 
@@ -204,5 +204,79 @@ def test_tls_listener_with_a_self_signed_ca(tmp_path):
         plain = node.storescu(*write_mr_series(tmp_path / "other", count=1))
         assert plain.returncode != 0
         assert len(node.status()["studies"]) == 1
+    finally:
+        node.stop()
+
+
+def _compressed_variants(tmp_path: Path) -> dict[str, tuple[Path, Path]]:
+    """(original, compressed) pairs in each transfer syntax, made by dcmtk's and pydicom's encoders."""
+    import numpy as np
+    from pydicom.uid import DeflatedExplicitVRLittleEndian, JPEG2000Lossless
+
+    out: dict[str, tuple[Path, Path]] = {}
+    [src] = write_mr_series(tmp_path / "src", count=1)
+    for name, tool in (("jpeg-lossless", ["dcmcjpeg", "+e1"]), ("jpeg-ls", ["dcmcjpls"]), ("rle", ["dcmcrle"])):
+        target = tmp_path / f"{name}.dcm"
+        subprocess.run([*tool, str(src), str(target)], check=True, env=DCMTK_ENV)
+        out[name] = (src, target)
+    ds = dcmread(src)
+    ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = generate_uid()
+    ds.compress(JPEG2000Lossless)
+    ds.save_as(tmp_path / "j2k.dcm")
+    out["jpeg2000"] = (src, tmp_path / "j2k.dcm")
+    ds = dcmread(src)
+    ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = generate_uid()
+    ds.file_meta.TransferSyntaxUID = DeflatedExplicitVRLittleEndian
+    ds.save_as(tmp_path / "deflate.dcm")
+    out["deflate"] = (src, tmp_path / "deflate.dcm")
+    # 8-bit image for baseline JPEG (lossy: compared within a tolerance).
+    ds = dcmread(src)
+    ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = generate_uid()
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit = 8, 8, 7
+    ds.PixelData = (np.arange(32 * 32) % 200).astype(np.uint8).tobytes()
+    ds.save_as(tmp_path / "8bit.dcm")
+    subprocess.run(["dcmcjpeg", "+eb", str(tmp_path / "8bit.dcm"), str(tmp_path / "baseline.dcm")],
+                   check=True, env=DCMTK_ENV)
+    out["jpeg-baseline"] = (tmp_path / "8bit.dcm", tmp_path / "baseline.dcm")
+    return out
+
+
+# storescu's option that proposes each file's transfer syntax.
+_PROPOSE = {"jpeg-lossless": "-xs", "jpeg-ls": "-xt", "rle": "-xr", "jpeg2000": "-xv", "deflate": "-xd",
+            "jpeg-baseline": "-xy"}
+
+
+def test_compressed_transfer_syntaxes_are_stored_as_sent_and_decodable(node, tmp_path):
+    import numpy as np
+
+    variants = _compressed_variants(tmp_path)
+    for name, (original, compressed) in variants.items():
+        result = node.storescu(compressed, extra=("-v", _PROPOSE[name]))
+        assert result.returncode == 0, f"{name}: {result.stderr}"
+        sop = dcmread(compressed).SOPInstanceUID
+        [stored] = [p for p in (node.workdir / "spool" / "studies").rglob(f"{sop}.dcm")]
+        stored_ds = dcmread(stored)
+        assert stored_ds.file_meta.TransferSyntaxUID == dcmread(compressed).file_meta.TransferSyntaxUID, name
+        decoded = stored_ds.pixel_array.astype(np.int32)
+        expected = dcmread(original).pixel_array.astype(np.int32)
+        if name == "jpeg-baseline":
+            assert np.abs(decoded - expected).mean() < 3, name
+        else:
+            assert np.array_equal(decoded, expected), name
+
+
+def test_association_limit_rejects_the_extra_peer(tmp_path):
+    node = NodeProcess(tmp_path / "node", dicom={"max_associations": 1})
+    node.start()
+    try:
+        ae = AE(ae_title="HOLDER")
+        ae.add_requested_context(Verification)
+        held = ae.associate("127.0.0.1", node.dicom_port, ae_title="PACSNODE")
+        assert held.is_established
+        result = node.storescu(*write_mr_series(tmp_path / "in", count=1))
+        assert result.returncode != 0
+        held.release()
+        assert _metric(node, 'pacsnode_associations_rejected_total{reason="busy"}') == 1
+        assert node.storescu(*write_mr_series(tmp_path / "in2", count=1)).returncode == 0
     finally:
         node.stop()
