@@ -191,7 +191,6 @@ class _Frame:
     distance: float = 0.0
     #: Filled in by the reader: index of the distinct slice position.
     slot: int = -1
-    time_group: int = -1
 
     def plane(self) -> np.ndarray:
         data = self.pixels.array()
@@ -541,6 +540,10 @@ def _read_stack(sources: Iterable[Source], *, timing: Timing, dynamic: bool, fra
     )
 
 
+def _fmt(values: Iterable[float]) -> str:
+    return "[" + ", ".join(f"{float(v):.4g}" for v in values) + "]"
+
+
 def _str_or_none(value: object) -> str | None:
     return str(value) if value not in (None, "") else None
 
@@ -593,8 +596,10 @@ def _image_datasets(datasets: Sequence[Dataset], series: _Series, skip_non_image
 
 def _check_plane_geometry(frames: Sequence[_Frame], series: _Series) -> np.ndarray:
     """Same orientation, matrix and pixel spacing everywhere; returns the slice normal."""
-    reference = frames[0]
     orientations = np.stack([f.orientation for f in frames])
+    # Compare against the most common orientation, so the message names the odd ones out.
+    _, first_of_kind, counts = np.unique(np.round(orientations, 3), axis=0, return_index=True, return_counts=True)
+    reference = frames[int(first_of_kind[np.argmax(counts)])]
     off = np.abs(orientations - reference.orientation).max(axis=1) > _ORIENTATION_TOLERANCE
     if off.any():
         odd = frames[int(np.argmax(off))]
@@ -663,19 +668,25 @@ def _check_slice_spacing(positions: np.ndarray, frames: Sequence[_Frame], series
     if len(positions) == 1:
         return (_float(ds.get("SpacingBetweenSlices")) or _float(ds.get("SliceThickness")) or 1.0)
     gaps = np.diff(positions)
-    nominal = float(gaps.min())
-    allowed = max(tolerance * nominal, SAME_POSITION_MM)
-    for i, gap in enumerate(gaps):
-        if abs(gap - nominal) <= allowed:
-            continue
-        multiple = round(gap / nominal)
-        where = f"between {positions[i]:.2f} mm and {positions[i + 1]:.2f} mm along the slice normal"
-        if multiple >= 2 and abs(gap - multiple * nominal) <= allowed * multiple:
+    smallest = float(gaps.min())
+    multiples = np.maximum(np.round(gaps / smallest), 1.0)
+    allowed = max(tolerance * smallest, SAME_POSITION_MM)
+    # Gaps that are whole multiples of the smallest one are missing slices;
+    # anything else is judged against the typical (median) gap.
+    if np.all(np.abs(gaps - multiples * smallest) <= allowed * multiples):
+        for i in np.flatnonzero(multiples > 1):
+            missing = int(multiples[i]) - 1
             raise series.fail(MissingSliceError,
-                              f"{multiple - 1} slice(s) missing {where}: the gap is {gap:.2f} mm where slices are "
-                              f"{nominal:.2f} mm apart ({len(positions)} positions present); resend the series")
+                              f"{missing} slice(s) missing between {positions[i]:.2f} mm and {positions[i + 1]:.2f} mm "
+                              f"along the slice normal: the gap is {gaps[i]:.2f} mm where slices are {smallest:.2f} mm "
+                              f"apart ({len(positions)} positions present); resend the series")
+    else:
+        typical = float(np.median(gaps))
+        allowed = max(tolerance * typical, SAME_POSITION_MM)
+        i = int(np.argmax(np.abs(gaps - typical)))
         raise series.fail(UnevenSpacingError,
-                          f"slice spacing is uneven: {gap:.2f} mm {where}, but {nominal:.2f} mm elsewhere "
+                          f"slice spacing is uneven: {gaps[i]:.2f} mm between {positions[i]:.2f} mm and "
+                          f"{positions[i + 1]:.2f} mm along the slice normal, but {typical:.2f} mm elsewhere "
                           f"(tolerance {100 * tolerance:.0f}%)")
     return float((positions[-1] - positions[0]) / (len(positions) - 1))
 

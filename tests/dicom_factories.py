@@ -497,6 +497,78 @@ def jpeg_baseline_datasets(shape: tuple[int, int, int] = (4, 16, 16), spacing: t
     return datasets
 
 
+def encode_jpeg_lossless_sv1(plane: np.ndarray, precision: int = 16) -> bytes:
+    """Encode a 2D unsigned greyscale plane as JPEG Lossless, process 14, predictor 1.
+
+    pydicom has no encoder for this transfer syntax, so this minimal one
+    exists for tests: one component, no point transform, and one Huffman
+    table giving every difference category (0-16) a 5-bit code.
+    """
+    rows, columns = plane.shape
+    values = plane.astype(np.int64)
+    modulus = 1 << 16
+    categories = list(range(17))
+    codes = {category: category for category in categories}  # canonical codes of length 5: 0..16
+
+    bits: list[int] = []
+
+    def put(value: int, length: int) -> None:
+        bits.extend((value >> (length - 1 - i)) & 1 for i in range(length))
+
+    for r in range(rows):
+        for c in range(columns):
+            if r == 0 and c == 0:
+                prediction = 1 << (precision - 1)
+            elif r == 0:
+                prediction = int(values[r, c - 1])
+            elif c == 0:
+                prediction = int(values[r - 1, c])
+            else:
+                prediction = int(values[r, c - 1])
+            difference = (int(values[r, c]) - prediction) % modulus
+            if difference >= modulus // 2:
+                difference -= modulus
+            category = 16 if difference == -32768 else abs(difference).bit_length()
+            put(codes[category], 5)
+            if 0 < category < 16:
+                put(difference if difference >= 0 else difference - 1 + (1 << category), category)
+    bits.extend([1] * (-len(bits) % 8))
+    entropy = bytearray()
+    for i in range(0, len(bits), 8):
+        byte = int("".join(map(str, bits[i:i + 8])), 2)
+        entropy.append(byte)
+        if byte == 0xFF:
+            entropy.append(0x00)
+
+    def segment(marker: int, payload: bytes) -> bytes:
+        return struct.pack(">HH", marker, len(payload) + 2) + payload
+
+    counts = [0] * 16
+    counts[4] = len(categories)
+    return b"".join([
+        b"\xff\xd8",
+        segment(0xFFC3, struct.pack(">BHHB", precision, rows, columns, 1) + bytes([1, 0x11, 0])),
+        segment(0xFFC4, bytes([0x00]) + bytes(counts) + bytes(categories)),
+        segment(0xFFDA, bytes([1, 1, 0x00, 1, 0, 0])),
+        bytes(entropy),
+        b"\xff\xd9",
+    ])
+
+
+def jpeg_lossless_datasets(datasets: Sequence[Dataset]) -> list[Dataset]:
+    """Copies of single-frame 16-bit *datasets* encoded as JPEG Lossless SV1 (see :func:`encode_jpeg_lossless_sv1`)."""
+    from pydicom.encaps import encapsulate
+    from pydicom.uid import JPEGLosslessSV1
+
+    out = _copies(datasets)
+    for ds in out:
+        plane = np.frombuffer(ds.PixelData, dtype=np.uint16).reshape(ds.Rows, ds.Columns)
+        ds.PixelData = encapsulate([encode_jpeg_lossless_sv1(plane, precision=int(ds.BitsStored))])
+        ds["PixelData"].VR = "OB"
+        ds.file_meta.TransferSyntaxUID = JPEGLosslessSV1
+    return out
+
+
 def write_series(datasets: Sequence[Dataset], directory: Path, prefix: str = "IM") -> list[Path]:
     """Save each dataset as a Part 10 file ``<prefix>NNNNN.dcm`` in *directory*; returns the paths."""
     directory = Path(directory)
