@@ -1,0 +1,139 @@
+"""Faults a hospital deployment meets: a node killed mid-association, a broker restarted, TLS peers."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import time
+
+import pytest
+from pydicom import dcmread
+
+from tests.node_harness import DCMTK_ENV, PACSNODE, NodeProcess, free_port, wait_for_port, wait_until, write_mr_series
+from tests.orthanc_peer import OrthancPeer
+
+pytestmark = pytest.mark.e2e
+
+ROUTE = {"name": "inventory-mr", "level": "study", "match": {"Modality": "MR"},
+         "pipelines": ["inventory"], "destinations": ["DEST"]}
+
+
+def test_kill9_during_an_association_keeps_every_acknowledged_instance(tmp_path):
+    node = NodeProcess(tmp_path / "node", study={"stable_seconds": 300})
+    node.start()
+    files = write_mr_series(tmp_path / "in", count=300, size=128)
+    sender = subprocess.Popen(
+        ["storescu", "-v", "-aec", "PACSNODE", "127.0.0.1", str(node.dicom_port), *map(str, files)],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=DCMTK_ENV)
+    acknowledged = 0
+    assert sender.stdout is not None
+    for line in sender.stdout:
+        if "Received Store Response (Success)" in line:
+            acknowledged += 1
+            if acknowledged == 40:
+                node.kill9()
+                break
+    output = sender.stdout.read()
+    acknowledged += output.count("Received Store Response (Success)")
+    sender.wait(timeout=60)
+    assert 40 <= acknowledged < 300
+    node.start()
+    try:
+        # Every instance the sender was told is stored is in the index (and readable) after restart.
+        [study] = node.status()["studies"]
+        assert study["instances"] >= acknowledged
+        stored = list((node.workdir / "spool" / "studies").rglob("*.dcm"))
+        assert len(stored) == study["instances"]
+        for path in stored:
+            dcmread(path).pixel_array  # noqa: B018 - a partial file would fail here
+        assert not list((node.workdir / "spool" / "incoming").iterdir())
+        # The sender retries the whole series: the node ends with all of it, once.
+        assert node.storescu(*files).returncode == 0
+        assert node.status()["studies"][0]["instances"] == 300
+    finally:
+        node.stop()
+
+
+@pytest.mark.redis
+@pytest.mark.skipif(shutil.which("redis-server") is None, reason="redis-server is not installed")
+def test_broker_restart_during_work_jobs_resume(tmp_path):
+    """A Redis without persistence loses its queue on restart; the supervisor re-dispatches."""
+    port = free_port()
+
+    def start_redis() -> subprocess.Popen[bytes]:
+        proc = subprocess.Popen(["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "",
+                                 "--appendonly", "no"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        wait_for_port(port)
+        return proc
+
+    redis_proc = start_redis()
+    orthanc = OrthancPeer(tmp_path / "orthanc")
+    node = NodeProcess(tmp_path / "node",
+                       broker={"url": f"redis://127.0.0.1:{port}/0", "embedded_worker": False},
+                       destinations={"DEST": {"ae_title": "ORTHANC", "host": "127.0.0.1",
+                                              "port": orthanc.dicom_port}},
+                       routes=[ROUTE])
+    node.start()
+    worker = None
+    try:
+        # Redis goes away before the study completes: the job cannot be dispatched.
+        redis_proc.terminate()
+        redis_proc.wait(timeout=10)
+        assert node.storescu(*write_mr_series(tmp_path / "in", count=3)).returncode == 0
+        wait_until(lambda: node.status()["studies"] and node.status()["studies"][0]["jobs"],
+                   timeout=30, what="the job to be created")
+        wait_until(lambda: '"broker unreachable' in node.log(), timeout=30, what="the dispatch failure")
+        redis_proc = start_redis()
+        worker = subprocess.Popen(
+            [PACSNODE, "worker", "--config", str(node.config_path), "--pool", "solo"],
+            stdout=open(tmp_path / "worker.log", "wb"), stderr=subprocess.STDOUT)
+        wait_until(lambda: orthanc.instances(), timeout=90, what="results after Redis came back")
+        [study] = node.status()["studies"]
+        assert [j["state"] for j in study["jobs"]] == ["succeeded"]
+    finally:
+        if worker is not None:
+            worker.terminate()
+            worker.wait(timeout=30)
+        node.stop()
+        orthanc.stop()
+        redis_proc.terminate()
+
+
+def _make_pki(folder) -> dict[str, str]:
+    folder.mkdir()
+
+    def openssl(*args: str) -> None:
+        subprocess.run(["openssl", *args], cwd=folder, check=True, capture_output=True)
+
+    openssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", "ca.key", "-out", "ca.pem",
+            "-days", "2", "-subj", "/CN=pacsnode test CA")
+    for name in ("node", "pacs"):
+        openssl("req", "-newkey", "rsa:2048", "-nodes", "-keyout", f"{name}.key", "-out", f"{name}.csr",
+                "-subj", f"/CN={name}")
+        openssl("x509", "-req", "-in", f"{name}.csr", "-CA", "ca.pem", "-CAkey", "ca.key",
+                "-CAcreateserial", "-out", f"{name}.pem", "-days", "2")
+    return {n: str(folder / n) for n in ("ca.pem", "node.pem", "node.key", "pacs.pem", "pacs.key")}
+
+
+def test_results_are_sent_to_a_tls_destination(tmp_path):
+    pki = _make_pki(tmp_path / "pki")
+    port = free_port()
+    received = tmp_path / "received"
+    received.mkdir()
+    storescp = subprocess.Popen(
+        ["storescp", "-aet", "TLSPACS", "+tls", pki["pacs.key"], pki["pacs.pem"], "+cf", pki["ca.pem"],
+         "-od", str(received), str(port)], env=DCMTK_ENV, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    time.sleep(0.5)
+    node = NodeProcess(tmp_path / "node", destinations={"DEST": {
+        "ae_title": "TLSPACS", "host": "127.0.0.1", "port": port, "tls": {
+            "enabled": True, "certificate": pki["node.pem"], "private_key": pki["node.key"],
+            "ca_certificates": pki["ca.pem"]}}}, routes=[ROUTE])
+    node.start()
+    try:
+        assert node.storescu(*write_mr_series(tmp_path / "in", count=2)).returncode == 0
+        [sr] = wait_until(lambda: list(received.iterdir()), timeout=60, what="the SR over TLS")
+        assert dcmread(sr).Modality == "SR"
+        assert node.status()["outbox"] == [{"destination": "DEST", "state": "sent", "count": 1}]
+    finally:
+        node.stop()
+        storescp.terminate()
