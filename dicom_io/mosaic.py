@@ -147,22 +147,30 @@ class MosaicLayout:
 
 
 def is_mosaic(ds: Dataset) -> bool:
-    """Whether *ds* is a Siemens MOSAIC (ImageType says so)."""
-    image_type = ds.get("ImageType")
-    if image_type is None:
+    """Whether ImageType of *ds* contains MOSAIC (read without pydicom's value conversion: a hot path)."""
+    element = ds.get_item(0x00080008)
+    value = None if element is None else element.value
+    if value is None:
         return False
-    values = [image_type] if isinstance(image_type, str) else list(image_type)
-    return any(str(v).upper() == "MOSAIC" for v in values)
+    if isinstance(value, bytes):
+        values = value.decode("latin-1").split("\\")
+    elif isinstance(value, str):
+        values = value.split("\\")
+    else:
+        values = [str(v) for v in value]
+    return any(v.strip(" \0").upper() == "MOSAIC" for v in values)
 
 
 def mosaic_layout(ds: Dataset) -> MosaicLayout | None:
-    """The tiling of *ds* if it is a MOSAIC image, else ``None``.
+    """The tiling of *ds* if it is a MOSAIC image (ImageType says so), else ``None``.
 
     The slice count comes from the CSA header's NumberOfImagesInMosaic,
     falling back to the private tag (0019,xx0A). Raises :class:`ValueError`
     (with a plain message) when the image says MOSAIC but the count is
     missing or does not fit the matrix.
     """
+    if not is_mosaic(ds):
+        return None
     csa: dict[str, CsaElement] | None
     csa_problem = ""
     try:
@@ -170,9 +178,7 @@ def mosaic_layout(ds: Dataset) -> MosaicLayout | None:
     except CsaHeaderError as exc:
         csa, csa_problem = None, f" (CSA header unreadable: {exc})"
     csa_count = csa.get("NumberOfImagesInMosaic") if csa else None
-    n_images: int | None = int(csa_count.value) if csa_count and isinstance(csa_count.value, int | float) else None
-    if not is_mosaic(ds) and not (n_images and n_images > 1):
-        return None
+    n_images = int(csa_count.value) if csa_count and isinstance(csa_count.value, int | float) else None
     if not n_images:
         n_images = _plain_mosaic_count(ds)
     if not n_images or n_images < 1:

@@ -48,6 +48,7 @@ from typing import Literal
 
 import numpy as np
 from pydicom import dcmread
+from pydicom.datadict import tag_for_keyword
 from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
 from pydicom.uid import UID
@@ -246,6 +247,50 @@ def _load(sources: Iterable[Source]) -> list[Dataset]:
     return datasets
 
 
+def _raw(ds: Dataset, keyword: str) -> str | None:
+    """An element's value as text, skipping pydicom's value conversion (the reader's hot path).
+
+    Only for text VRs (DS, IS, TM, DA, DT, UI, CS ...); ``None`` if absent or empty.
+    """
+    tag = _TAGS.get(keyword)
+    if tag is None:
+        tag = _TAGS[keyword] = tag_for_keyword(keyword)  # type: ignore[assignment]
+        if tag is None:
+            raise KeyError(f"not a DICOM keyword: {keyword}")
+    element = ds.get_item(tag)
+    if element is None:
+        return None
+    value = element.value
+    if value is None:
+        return None
+    if isinstance(value, bytes):
+        text = value.decode("latin-1")
+    elif isinstance(value, str):
+        text = value
+    elif isinstance(value, Iterable):
+        text = "\\".join(str(v) for v in value)
+    else:
+        text = str(value)
+    text = text.strip(" \0")
+    return text or None
+
+
+_TAGS: dict[str, int] = {}
+
+
+def _uint(ds: Dataset, tag: int, default: int = 0) -> int:
+    """A US element (Rows, Columns ...) without pydicom's value conversion."""
+    element = ds.get_item(tag)
+    if element is None or element.value is None:
+        return default
+    value = element.value
+    if isinstance(value, bytes):
+        if len(value) < 2:
+            return default
+        return int.from_bytes(value[:2], "little" if getattr(element, "is_little_endian", True) else "big")
+    return int(value)
+
+
 def _has_pixels(ds: Dataset) -> bool:
     return any(keyword in ds for keyword in _PIXEL_DATA_KEYWORDS)
 
@@ -259,11 +304,11 @@ def _float(value: object) -> float | None:
         return None
 
 
-def _vector(value: object, length: int) -> np.ndarray | None:
+def _vector(value: str | None, length: int) -> np.ndarray | None:
     if value is None:
         return None
     try:
-        vector = np.array([float(v) for v in value], dtype=np.float64)  # type: ignore[attr-defined]
+        vector = np.array([float(v) for v in value.split("\\")], dtype=np.float64)
     except (TypeError, ValueError):
         return None
     return vector if vector.shape == (length,) else None
@@ -309,15 +354,15 @@ def _dt_seconds(value: object) -> float | None:
 
 
 def _acquisition_seconds(ds: Dataset) -> float | None:
-    dt = ds.get("AcquisitionDateTime")
+    dt = _raw(ds, "AcquisitionDateTime")
     if dt:
         seconds = _dt_seconds(dt)
         if seconds is not None:
             return seconds
-    clock = _tm_seconds(ds.get("AcquisitionTime"))
+    clock = _tm_seconds(_raw(ds, "AcquisitionTime"))
     if clock is None:
         return None
-    day = _da_seconds(ds.get("AcquisitionDate"))
+    day = _da_seconds(_raw(ds, "AcquisitionDate"))
     return clock if day is None else day + clock
 
 
@@ -340,18 +385,18 @@ def _first_item(container: Dataset | None, keyword: str) -> Dataset | None:
 def _frames_of(ds: Dataset, series: _Series) -> list[_Frame]:
     """Break one dataset into its planes."""
     pixels = _Pixels(ds)
-    sop_class = str(ds.get("SOPClassUID", ""))
-    sop_instance = str(ds.get("SOPInstanceUID", ""))
-    if int(ds.get("SamplesPerPixel", 1) or 1) != 1:
+    sop_class = _raw(ds, "SOPClassUID") or ""
+    sop_instance = _raw(ds, "SOPInstanceUID") or ""
+    if _uint(ds, 0x00280002, default=1) != 1:
         raise series.fail(UnsupportedSeriesError,
                           f"SOP Instance {sop_instance} is a colour image "
                           f"({ds.get('PhotometricInterpretation')}); only greyscale images form volumes")
     if "PerFrameFunctionalGroupsSequence" in ds or "SharedFunctionalGroupsSequence" in ds:
         return _enhanced_frames(ds, pixels, sop_class, sop_instance, series)
 
-    position = _vector(ds.get("ImagePositionPatient"), 3)
-    orientation = _vector(ds.get("ImageOrientationPatient"), 6)
-    pixel_spacing = _vector(ds.get("PixelSpacing"), 2)
+    position = _vector(_raw(ds, "ImagePositionPatient"), 3)
+    orientation = _vector(_raw(ds, "ImageOrientationPatient"), 6)
+    pixel_spacing = _vector(_raw(ds, "PixelSpacing"), 2)
     if position is None or orientation is None or pixel_spacing is None:
         missing = [name for name, value in (("ImagePositionPatient", position),
                                             ("ImageOrientationPatient", orientation),
@@ -359,31 +404,31 @@ def _frames_of(ds: Dataset, series: _Series) -> list[_Frame]:
         raise series.fail(UnsupportedSeriesError,
                           f"SOP Instance {sop_instance} has no usable {', '.join(missing)}, so it cannot be "
                           "placed in a volume (a localizer, projection or secondary capture?)")
-    slope = _float(ds.get("RescaleSlope"))
-    intercept = _float(ds.get("RescaleIntercept"))
-    acquisition_number = _int_or_none(ds.get("AcquisitionNumber")) or 0
-    instance_number = _int_or_none(ds.get("InstanceNumber")) or 0
-    trigger_ms = _float(ds.get("TriggerTime"))
+    slope = _float(_raw(ds, "RescaleSlope"))
+    intercept = _float(_raw(ds, "RescaleIntercept"))
+    acquisition_number = _int_or_none(_raw(ds, "AcquisitionNumber")) or 0
+    instance_number = _int_or_none(_raw(ds, "InstanceNumber")) or 0
+    trigger_ms = _float(_raw(ds, "TriggerTime"))
     common = dict(
         pixels=pixels,
         orientation=orientation,
         pixel_spacing=(float(pixel_spacing[0]), float(pixel_spacing[1])),
         slope=1.0 if slope is None else slope,
         intercept=0.0 if intercept is None else intercept,
-        temporal_position=_int_or_none(ds.get("TemporalPositionIdentifier")),
+        temporal_position=_int_or_none(_raw(ds, "TemporalPositionIdentifier")),
         acquisition_time_s=_acquisition_seconds(ds),
         trigger_time_s=None if trigger_ms is None else trigger_ms / 1000.0,
-        echo_time_ms=_float(ds.get("EchoTime")),
+        echo_time_ms=_float(_raw(ds, "EchoTime")),
         order=(acquisition_number, instance_number, 0),
     )
-    rows, columns = int(ds.get("Rows", 0) or 0), int(ds.get("Columns", 0) or 0)
+    rows, columns = _uint(ds, 0x00280010), _uint(ds, 0x00280011)
 
     try:
         layout = mosaic.mosaic_layout(ds)
     except ValueError as exc:
         raise series.fail(UnsupportedSeriesError, f"SOP Instance {sop_instance}: {exc}") from exc
     if layout is None:
-        number_of_frames = int(ds.get("NumberOfFrames", 1) or 1)
+        number_of_frames = _int_or_none(_raw(ds, "NumberOfFrames")) or 1
         if number_of_frames != 1:
             raise series.fail(UnsupportedSeriesError,
                               f"SOP Instance {sop_instance} has {number_of_frames} frames but no functional "
@@ -392,7 +437,7 @@ def _frames_of(ds: Dataset, series: _Series) -> list[_Frame]:
                        position=position, matrix=(rows, columns), **common)]  # type: ignore[arg-type]
 
     row_direction, column_direction = orientation[:3], orientation[3:]
-    spacing = _float(ds.get("SpacingBetweenSlices")) or _float(ds.get("SliceThickness"))
+    spacing = _float(_raw(ds, "SpacingBetweenSlices")) or _float(_raw(ds, "SliceThickness"))
     if not spacing:
         raise series.fail(UnsupportedSeriesError,
                           f"MOSAIC SOP Instance {sop_instance} has neither SpacingBetweenSlices nor "
@@ -412,14 +457,14 @@ def _enhanced_frames(ds: Dataset, pixels: _Pixels, sop_class: str, sop_instance:
                      series: _Series) -> list[_Frame]:
     shared = _first_item(ds, "SharedFunctionalGroupsSequence")
     per_frame = ds.get("PerFrameFunctionalGroupsSequence") or []
-    number_of_frames = int(ds.get("NumberOfFrames", 1) or 1)
+    number_of_frames = _int_or_none(_raw(ds, "NumberOfFrames")) or 1
     if per_frame and len(per_frame) != number_of_frames:
         raise series.fail(UnsupportedSeriesError,
                           f"SOP Instance {sop_instance} declares {number_of_frames} frames but has "
                           f"{len(per_frame)} per-frame functional group items")
-    rows, columns = int(ds.get("Rows", 0) or 0), int(ds.get("Columns", 0) or 0)
-    instance_number = _int_or_none(ds.get("InstanceNumber")) or 0
-    top_trigger = _float(ds.get("TriggerTime"))
+    rows, columns = _uint(ds, 0x00280010), _uint(ds, 0x00280011)
+    instance_number = _int_or_none(_raw(ds, "InstanceNumber")) or 0
+    top_trigger = _float(_raw(ds, "TriggerTime"))
 
     def group(item: Dataset | None, keyword: str) -> Dataset | None:
         found = _first_item(item, keyword)
@@ -431,19 +476,19 @@ def _enhanced_frames(ds: Dataset, pixels: _Pixels, sop_class: str, sop_instance:
         plane_position = group(item, "PlanePositionSequence")
         plane_orientation = group(item, "PlaneOrientationSequence")
         measures = group(item, "PixelMeasuresSequence")
-        position = _vector(plane_position.get("ImagePositionPatient") if plane_position else None, 3)
-        orientation = _vector(plane_orientation.get("ImageOrientationPatient") if plane_orientation else None, 6)
-        pixel_spacing = _vector(measures.get("PixelSpacing") if measures else None, 2)
+        position = _vector(_raw(plane_position, "ImagePositionPatient") if plane_position else None, 3)
+        orientation = _vector(_raw(plane_orientation, "ImageOrientationPatient") if plane_orientation else None, 6)
+        pixel_spacing = _vector(_raw(measures, "PixelSpacing") if measures else None, 2)
         if position is None or orientation is None or pixel_spacing is None:
             raise series.fail(UnsupportedSeriesError,
                               f"SOP Instance {sop_instance} frame {index + 1} lacks PlanePositionSequence, "
                               "PlaneOrientationSequence or PixelMeasuresSequence geometry")
         transform = group(item, "PixelValueTransformationSequence")
-        slope = _float(transform.get("RescaleSlope")) if transform else None
-        intercept = _float(transform.get("RescaleIntercept")) if transform else None
+        slope = _float(_raw(transform, "RescaleSlope")) if transform else None
+        intercept = _float(_raw(transform, "RescaleIntercept")) if transform else None
         content = _first_item(item, "FrameContentSequence")
         cardiac = group(item, "CardiacSynchronizationSequence")
-        trigger_ms = _float(cardiac.get("NominalCardiacTriggerDelayTime")) if cardiac else top_trigger
+        trigger_ms = _float(_raw(cardiac, "NominalCardiacTriggerDelayTime")) if cardiac else top_trigger
         echo = group(item, "MREchoSequence")
         frames.append(_Frame(
             ref=SourceRef(sop_class, sop_instance, index + 1),
@@ -456,10 +501,10 @@ def _enhanced_frames(ds: Dataset, pixels: _Pixels, sop_class: str, sop_instance:
             matrix=(rows, columns),
             slope=1.0 if slope is None else slope,
             intercept=0.0 if intercept is None else intercept,
-            temporal_position=_int_or_none(content.get("TemporalPositionIndex")) if content else None,
-            acquisition_time_s=_dt_seconds(content.get("FrameAcquisitionDateTime")) if content else None,
+            temporal_position=_int_or_none(_raw(content, "TemporalPositionIndex")) if content else None,
+            acquisition_time_s=_dt_seconds(_raw(content, "FrameAcquisitionDateTime")) if content else None,
             trigger_time_s=None if trigger_ms is None else trigger_ms / 1000.0,
-            echo_time_ms=(_float(echo.get("EffectiveEchoTime")) if echo else None) or _float(ds.get("EchoTime")),
+            echo_time_ms=(_float(_raw(echo, "EffectiveEchoTime")) if echo else None) or _float(_raw(ds, "EchoTime")),
             order=(0, instance_number, index + 1),
         ))
     return frames
@@ -553,7 +598,7 @@ def _identify(datasets: Sequence[Dataset]) -> _Series:
         raise EmptySeriesError("no instances were given")
     uids: dict[str, Dataset] = {}
     for ds in datasets:
-        uids.setdefault(str(ds.get("SeriesInstanceUID", "")), ds)
+        uids.setdefault(_raw(ds, "SeriesInstanceUID") or "", ds)
     if len(uids) > 1:
         listed = ", ".join(
             f"{uid or '(none)'} {_series_label(ds) or ''}".rstrip() for uid, ds in list(uids.items())[:5]
@@ -577,12 +622,12 @@ def _image_datasets(datasets: Sequence[Dataset], series: _Series, skip_non_image
                                   "(received or stored incompletely?)")
             if skip_non_images:
                 continue
-            sop_class = ds.get("SOPClassUID")
+            sop_class = _raw(ds, "SOPClassUID")
             name = UID(str(sop_class)).name if sop_class else "unknown SOP class"
             raise series.fail(UnsupportedSeriesError,
                               f"SOP Instance {ds.get('SOPInstanceUID')} ({name}) is not an image; "
                               "remove it or read with skip_non_images=True")
-        sop_instance = str(ds.get("SOPInstanceUID", ""))
+        sop_instance = _raw(ds, "SOPInstanceUID") or ""
         if sop_instance in seen:
             raise series.fail(DuplicateSliceError,
                               f"SOP Instance {sop_instance} was given twice (the same file listed twice?)")
@@ -666,7 +711,7 @@ def _check_slice_spacing(positions: np.ndarray, frames: Sequence[_Frame], series
                          tolerance: float, ds: Dataset) -> float:
     """Regular spacing between distinct positions; returns the slice spacing (mm)."""
     if len(positions) == 1:
-        return (_float(ds.get("SpacingBetweenSlices")) or _float(ds.get("SliceThickness")) or 1.0)
+        return (_float(_raw(ds, "SpacingBetweenSlices")) or _float(_raw(ds, "SliceThickness")) or 1.0)
     gaps = np.diff(positions)
     smallest = float(gaps.min())
     multiples = np.maximum(np.round(gaps / smallest), 1.0)
@@ -852,7 +897,7 @@ def _group_times(groups: Sequence[Sequence[_Frame]], method: str, frame_interval
 def _frame_interval(frame_interval_s: float | None, ds: Dataset, series: _Series, known: str) -> float:
     if frame_interval_s is not None:
         return float(frame_interval_s)
-    resolution_ms = _float(ds.get("TemporalResolution"))
+    resolution_ms = _float(_raw(ds, "TemporalResolution"))
     if resolution_ms:
         return resolution_ms / 1000.0
     tr_ms = _repetition_time_ms(ds)
@@ -864,14 +909,14 @@ def _frame_interval(frame_interval_s: float | None, ds: Dataset, series: _Series
 
 
 def _repetition_time_ms(ds: Dataset) -> float | None:
-    tr = _float(ds.get("RepetitionTime"))
+    tr = _float(_raw(ds, "RepetitionTime"))
     if tr is None:
         shared = _first_item(ds, "SharedFunctionalGroupsSequence")
         timing = _first_item(shared, "MRTimingAndRelatedParametersSequence")
         if timing is None:
             timing = _first_item(_first_item(ds, "PerFrameFunctionalGroupsSequence"),
                                  "MRTimingAndRelatedParametersSequence")
-        tr = _float(timing.get("RepetitionTime")) if timing is not None else None
+        tr = _float(_raw(timing, "RepetitionTime")) if timing is not None else None
     return tr
 
 
