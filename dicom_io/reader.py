@@ -544,7 +544,7 @@ def _read_stack(sources: Iterable[Source], *, timing: Timing, dynamic: bool, fra
 
     normal = _check_plane_geometry(frames, series)
     slot_positions = _assign_slots(frames, normal)
-    spacing_z = _check_slice_spacing(slot_positions, frames, series, spacing_tolerance, images[0])
+    spacing_z = _check_slice_spacing(slot_positions, series, spacing_tolerance, images[0])
     method, groups = _group_by_time(frames, len(slot_positions), timing, dynamic, series)
     if not dynamic and len(groups) > 1:
         raise series.fail(UnsupportedSeriesError,
@@ -562,11 +562,12 @@ def _read_stack(sources: Iterable[Source], *, timing: Timing, dynamic: bool, fra
         refs.append(tuple(frame.ref for frame in ordered))
     for frame in frames:  # drop decoded pixel caches; the datasets keep their raw pixel data
         frame.pixels.release()
+    log.debug("read series %s: %d time point(s) x %d slice(s) of %dx%d from %d instance(s), timing %s",
+              series.uid, len(groups), len(slot_positions), rows, columns, len(images), method)
 
     first = min(groups[0], key=lambda f: f.slot)
     first_ds = first.pixels.dataset
-    orientation = first.orientation
-    direction = np.column_stack([orientation[:3], orientation[3:], normal])
+    direction = _orthonormal_direction(first.orientation)
     rows_spacing, column_spacing = first.pixel_spacing
     return _Stack(
         array=array,
@@ -583,6 +584,14 @@ def _read_stack(sources: Iterable[Source], *, timing: Timing, dynamic: bool, fra
         repetition_time_ms=_repetition_time_ms(first_ds),
         timing_source=method,
     )
+
+
+def _orthonormal_direction(orientation: np.ndarray) -> np.ndarray:
+    """Direction matrix from ImageOrientationPatient, cleaned of the rounding in its decimal strings."""
+    row = orientation[:3] / np.linalg.norm(orientation[:3])
+    column = orientation[3:] - np.dot(orientation[3:], row) * row
+    column /= np.linalg.norm(column)
+    return np.column_stack([row, column, np.cross(row, column)])
 
 
 def _fmt(values: Iterable[float]) -> str:
@@ -707,11 +716,17 @@ def _assign_slots(frames: Sequence[_Frame], normal: np.ndarray) -> np.ndarray:
     return np.array([sum(c) / len(c) for c in centres])
 
 
-def _check_slice_spacing(positions: np.ndarray, frames: Sequence[_Frame], series: _Series,
+def _check_slice_spacing(positions: np.ndarray, series: _Series,
                          tolerance: float, ds: Dataset) -> float:
     """Regular spacing between distinct positions; returns the slice spacing (mm)."""
-    if len(positions) == 1:
-        return (_float(_raw(ds, "SpacingBetweenSlices")) or _float(_raw(ds, "SliceThickness")) or 1.0)
+    if len(positions) == 1:  # nothing to measure: take what the header states
+        measures = _first_item(_first_item(ds, "SharedFunctionalGroupsSequence"), "PixelMeasuresSequence")
+        for source in (ds, measures):
+            if source is not None:
+                stated = _float(_raw(source, "SpacingBetweenSlices")) or _float(_raw(source, "SliceThickness"))
+                if stated:
+                    return stated
+        return 1.0
     gaps = np.diff(positions)
     smallest = float(gaps.min())
     multiples = np.maximum(np.round(gaps / smallest), 1.0)
