@@ -146,6 +146,12 @@ def test_single_slice_takes_spacing_between_slices() -> None:
     assert volume.spacing[0] == pytest.approx(4.5)
 
 
+def test_single_frame_enhanced_takes_spacing_from_pixel_measures() -> None:
+    volume = read_series([f.make_enhanced_mr_dataset((1, 4, 4), spacing=(6.0, 1.0, 1.0))])
+    assert volume.shape == (1, 4, 4) and volume.spacing == pytest.approx((6.0, 1.0, 1.0))
+    assert volume.source_refs[0].frame_number == 1
+
+
 def test_sitk_round_trip_keeps_geometry() -> None:
     volume = read_series(f.make_mr_datasets((4, 5, 6), spacing=(3.0, 0.9, 0.7), orientation=OBLIQUE))
     image = volume.to_sitk()
@@ -173,6 +179,15 @@ def test_dynamic_series_by_each_timing_method(timing: str) -> None:
     for t in range(6):
         expected_uids = [ds.SOPInstanceUID for ds in _by_slice([d for d in datasets if d.AcquisitionNumber == t + 1])]
         assert [ref.sop_instance_uid for ref in dynamic.source_refs[t]] == expected_uids
+
+
+def test_dynamic_series_from_shuffled_files(tmp_path: Path) -> None:
+    paths = f.make_mr_series(tmp_path, (5, 8, 8), n_times=4, timing="temporal_position", frame_interval_s=2.5,
+                             orientation=OBLIQUE, shuffle_seed=8)
+    dynamic = read_dynamic_series(sorted(paths, key=lambda p: hash(p.name)))
+    np.testing.assert_array_equal(dynamic.array, f.expected_array((5, 8, 8), n_times=4))
+    np.testing.assert_allclose(dynamic.times_s, [0.0, 2.5, 5.0, 7.5])
+    assert "PixelData" not in dynamic.header and dynamic.header.TemporalPositionIdentifier == 1
 
 
 def test_explicit_timing_method_is_obeyed() -> None:
