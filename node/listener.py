@@ -12,7 +12,7 @@ import socket
 import ssl
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from io import BytesIO
 from typing import Any
 
@@ -90,11 +90,13 @@ class RejectedInstance(Exception):
 
 @dataclass(frozen=True)
 class ParsedHeader:
-    sop_class_uid: str
-    sop_instance_uid: str
-    study_uid: str
-    series_uid: str
-    dataset: Dataset
+    """What the node files a received instance by (path, size and sender still to fill in)."""
+
+    record: InstanceRecord
+
+    @property
+    def sop_instance_uid(self) -> str:
+        return self.record.sop_instance_uid
 
 
 def _text(ds: Dataset, keyword: str) -> str | None:
@@ -118,24 +120,29 @@ def parse_received(data: bytes, affected_sop_uid: str | None) -> ParsedHeader:
     """Parse the header of an encoded instance (file meta included) and check it is storable.
 
     Large values (pixel data) are not read, only measured: a value that runs
-    past the end of what was received means a truncated transfer.
+    past the end of what was received means a truncated transfer. Every
+    attribute the node files the instance by is decoded here, so a malformed
+    value is refused now rather than failing later.
     """
     try:
         ds = dcmread(BytesIO(data), defer_size=_DEFER_BYTES)
+        missing = [k for k in ("SOPInstanceUID", "StudyInstanceUID", "SeriesInstanceUID")
+                   if not str(ds.get(k, "")).strip()]
+        if not missing:
+            record = instance_record(ds, "", len(data), None)
+            if not record.sop_class_uid:
+                record = replace(record, sop_class_uid=str(ds.file_meta.get("MediaStorageSOPClassUID", "")))
     except Exception as exc:  # pydicom raises many error types on hostile input
         raise RejectedInstance(
             STATUS_CANNOT_UNDERSTAND, "unparseable", f"dataset cannot be decoded: {exc}"
         ) from exc
-    missing = [k for k in ("SOPInstanceUID", "StudyInstanceUID", "SeriesInstanceUID")
-               if not str(ds.get(k, "")).strip()]
     if missing:
         raise RejectedInstance(
             STATUS_DATASET_MISMATCH,
             "missing_uid",
             f"dataset has no {', '.join(missing)}; it cannot be filed",
         )
-    sop_uid = str(ds.SOPInstanceUID).strip()
-    if affected_sop_uid and sop_uid != str(affected_sop_uid).strip():
+    if affected_sop_uid and record.sop_instance_uid != str(affected_sop_uid).strip():
         raise RejectedInstance(
             STATUS_DATASET_MISMATCH,
             "uid_mismatch",
@@ -144,14 +151,7 @@ def parse_received(data: bytes, affected_sop_uid: str | None) -> ParsedHeader:
     if ds.file_meta.get("TransferSyntaxUID") != DeflatedExplicitVRLittleEndian:
         # (A deflated stream was inflated to parse it: offsets no longer match the bytes.)
         _check_complete(ds, len(data))
-    sop_class = str(ds.get("SOPClassUID", "") or ds.file_meta.get("MediaStorageSOPClassUID", ""))
-    return ParsedHeader(
-        sop_class_uid=sop_class,
-        sop_instance_uid=sop_uid,
-        study_uid=str(ds.StudyInstanceUID).strip(),
-        series_uid=str(ds.SeriesInstanceUID).strip(),
-        dataset=ds,
-    )
+    return ParsedHeader(record)
 
 
 def _check_complete(ds: Dataset, received: int) -> None:
@@ -324,7 +324,7 @@ class StorageListener:
     def _store(self, header: ParsedHeader, data: bytes, calling_ae: str) -> bool:
         """Write then index the instance; True when it was new."""
         path = self.spool.instance_path(
-            header.study_uid, header.series_uid, header.sop_instance_uid
+            header.record.study_uid, header.record.series_uid, header.record.sop_instance_uid
         )
         try:
             self.spool.write_durably(path, data)
@@ -332,15 +332,15 @@ class StorageListener:
             raise RejectedInstance(STATUS_OUT_OF_RESOURCES, "disk_full", str(exc)) from exc
         except SpoolError as exc:
             raise RejectedInstance(STATUS_OUT_OF_RESOURCES, "write_failed", str(exc)) from exc
-        record = instance_record(header.dataset, str(path), len(data), calling_ae)
+        record = replace(header.record, path=str(path), calling_ae=calling_ae)
         try:
             new = self.index.add_instance(record)
         except IndexDatabaseError as exc:
             raise RejectedInstance(STATUS_OUT_OF_RESOURCES, "index_failed", str(exc)) from exc
         if not new:
-            log.debug("duplicate instance stored again", extra={"sop_class": header.sop_class_uid})
+            log.debug("duplicate instance stored again", extra={"sop_class": record.sop_class_uid})
         elif self.audit is not None:
-            self.audit.instance_received(calling_ae, header.study_uid, header.sop_class_uid)
+            self.audit.instance_received(calling_ae, record.study_uid, record.sop_class_uid)
         return new
 
 
