@@ -149,6 +149,7 @@ class NodeProcess:
 
     def start(self, env: dict[str, str] | None = None) -> "NodeProcess":
         self.write_config()
+        seen = len(self.log())
         log = open(self.log_path, "ab")
         self.proc = subprocess.Popen(
             [PACSNODE, "serve", "--config", str(self.config_path)],
@@ -156,7 +157,7 @@ class NodeProcess:
         )
         try:
             # Not a TCP probe of the DICOM port: it would hold an association slot until timeout.
-            wait_until(lambda: "node started" in self.log(), timeout=30, interval=0.05, what="start-up")
+            wait_until(lambda: "node started" in self.log()[seen:], timeout=30, interval=0.05, what="start-up")
         except TimeoutError:
             self.stop()
             raise RuntimeError(f"node did not start:\n{self.log()}")
