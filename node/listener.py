@@ -8,7 +8,6 @@ completion, routing and pipelines happen elsewhere, so senders never wait on the
 from __future__ import annotations
 
 import logging
-import socket
 import ssl
 import threading
 import time
@@ -19,7 +18,7 @@ from typing import Any
 from pydicom import dcmread
 from pydicom.dataset import Dataset
 from pydicom.uid import DeflatedExplicitVRLittleEndian
-from pynetdicom import ALL_TRANSFER_SYNTAXES, AE, _config, evt
+from pynetdicom import AE, ALL_TRANSFER_SYNTAXES, _config, evt
 from pynetdicom.presentation import AllStoragePresentationContexts
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 from pynetdicom.transport import ThreadedAssociationServer
@@ -28,6 +27,7 @@ from node import metrics
 from node.audit import AuditLog
 from node.config import DicomConfig
 from node.index import Index, IndexDatabaseError, InstanceRecord
+from node.sender import disable_nagle
 from node.spool import Spool, SpoolError, SpoolFullError
 
 log = logging.getLogger("pacsnode.listener")
@@ -224,7 +224,7 @@ class StorageListener:
         handlers = [
             (evt.EVT_C_STORE, self._on_store),
             (evt.EVT_C_ECHO, self._on_echo),
-            (evt.EVT_CONN_OPEN, self._on_conn_open),
+            (evt.EVT_CONN_OPEN, disable_nagle),
             (evt.EVT_ESTABLISHED, self._on_established),
             (evt.EVT_RELEASED, self._on_closed),
             (evt.EVT_ABORTED, self._on_closed),
@@ -248,15 +248,6 @@ class StorageListener:
             self._server = None
 
     # -- event handlers -------------------------------------------------------
-
-    @staticmethod
-    def _on_conn_open(event: evt.Event) -> None:
-        sock = getattr(getattr(event.assoc.dul, "socket", None), "socket", None)
-        if sock is not None:
-            try:
-                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            except OSError:
-                pass
 
     def _on_established(self, event: evt.Event) -> None:
         metrics.ASSOCIATIONS_ACTIVE.inc()

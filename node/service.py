@@ -23,7 +23,14 @@ from node.audit import AuditLog
 from node.config import NodeConfig
 from node.http import NodeHttpServer
 from node.index import Index
-from node.jobs import EmbeddedWorker, JobDispatcher, JobRunner, JobSupervisor, _Context, configure_celery
+from node.jobs import (
+    EmbeddedWorker,
+    JobDispatcher,
+    JobRunner,
+    JobSupervisor,
+    _Context,
+    configure_celery,
+)
 from node.listener import StorageListener, instance_record
 from node.outbox import Outbox
 from node.routing import Router

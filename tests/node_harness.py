@@ -119,6 +119,23 @@ def write_mr_series(
     return paths
 
 
+def make_pki(folder: Path, names: tuple[str, ...]) -> dict[str, str]:
+    """A throwaway CA and one certificate per name, signed by it (PEM paths by file name)."""
+    folder.mkdir(parents=True)
+
+    def openssl(*args: str) -> None:
+        subprocess.run(["openssl", *args], cwd=folder, check=True, capture_output=True)
+
+    openssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", "ca.key", "-out", "ca.pem",
+            "-days", "2", "-subj", "/CN=pacsnode test CA")
+    for name in names:
+        openssl("req", "-newkey", "rsa:2048", "-nodes", "-keyout", f"{name}.key", "-out", f"{name}.csr",
+                "-subj", f"/CN={name}")
+        openssl("x509", "-req", "-in", f"{name}.csr", "-CA", "ca.pem", "-CAkey", "ca.key",
+                "-CAcreateserial", "-out", f"{name}.pem", "-days", "2")
+    return {p.name: str(p) for p in folder.iterdir()}
+
+
 class NodeProcess:
     """`pacsnode serve` as a subprocess with its own spool, ports and config."""
 

@@ -8,7 +8,14 @@ import time
 import pytest
 from pydicom import dcmread
 
-from tests.node_harness import DCMTK_ENV, PACSNODE, NodeProcess, free_port, wait_for_port, write_mr_series
+from tests.node_harness import (
+    DCMTK_ENV,
+    PACSNODE,
+    NodeProcess,
+    free_port,
+    wait_for_port,
+    write_mr_series,
+)
 
 
 def _pacsnode(*args: str) -> subprocess.CompletedProcess[str]:

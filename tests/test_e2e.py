@@ -15,7 +15,13 @@ import pytest
 import redis
 from pydicom import dcmread
 
-from tests.node_harness import PACSNODE, NodeProcess, free_port, wait_until, write_mr_series
+from tests.node_harness import (
+    PACSNODE,
+    NodeProcess,
+    free_port,
+    wait_until,
+    write_mr_series,
+)
 from tests.orthanc_peer import OrthancPeer
 
 pytestmark = pytest.mark.e2e

@@ -9,7 +9,16 @@ import time
 import pytest
 from pydicom import dcmread
 
-from tests.node_harness import DCMTK_ENV, PACSNODE, NodeProcess, free_port, wait_for_port, wait_until, write_mr_series
+from tests.node_harness import (
+    DCMTK_ENV,
+    PACSNODE,
+    NodeProcess,
+    free_port,
+    make_pki,
+    wait_for_port,
+    wait_until,
+    write_mr_series,
+)
 from tests.orthanc_peer import OrthancPeer
 
 pytestmark = pytest.mark.e2e
@@ -99,24 +108,8 @@ def test_broker_restart_during_work_jobs_resume(tmp_path):
         redis_proc.terminate()
 
 
-def _make_pki(folder) -> dict[str, str]:
-    folder.mkdir()
-
-    def openssl(*args: str) -> None:
-        subprocess.run(["openssl", *args], cwd=folder, check=True, capture_output=True)
-
-    openssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", "ca.key", "-out", "ca.pem",
-            "-days", "2", "-subj", "/CN=pacsnode test CA")
-    for name in ("node", "pacs"):
-        openssl("req", "-newkey", "rsa:2048", "-nodes", "-keyout", f"{name}.key", "-out", f"{name}.csr",
-                "-subj", f"/CN={name}")
-        openssl("x509", "-req", "-in", f"{name}.csr", "-CA", "ca.pem", "-CAkey", "ca.key",
-                "-CAcreateserial", "-out", f"{name}.pem", "-days", "2")
-    return {n: str(folder / n) for n in ("ca.pem", "node.pem", "node.key", "pacs.pem", "pacs.key")}
-
-
 def test_results_are_sent_to_a_tls_destination(tmp_path):
-    pki = _make_pki(tmp_path / "pki")
+    pki = make_pki(tmp_path / "pki", ("node", "pacs"))
     port = free_port()
     received = tmp_path / "received"
     received.mkdir()

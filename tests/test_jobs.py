@@ -9,7 +9,14 @@ from pydicom import dcmread
 
 from node.config import NodeConfig
 from node.index import Index, NewJob
-from node.jobs import EmbeddedWorker, JobDispatcher, JobRunner, JobSupervisor, _Context, configure_celery
+from node.jobs import (
+    EmbeddedWorker,
+    JobDispatcher,
+    JobRunner,
+    JobSupervisor,
+    _Context,
+    configure_celery,
+)
 from node.service import reindex_spool
 from node.spool import Spool
 from tests.node_harness import wait_until, write_mr_series

@@ -12,7 +12,12 @@ from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 from pynetdicom import AE, _config
 from pynetdicom.sop_class import MRImageStorage, Verification  # type: ignore[attr-defined]
 
-from tests.node_harness import DCMTK_ENV, NodeProcess, wait_until, write_mr_series
+from tests.node_harness import (
+    DCMTK_ENV,
+    NodeProcess,
+    make_pki,
+    write_mr_series,
+)
 
 pytestmark = pytest.mark.e2e
 
@@ -177,26 +182,14 @@ def test_unwritable_spool_answers_failure_not_success(tmp_path):
 
 
 def test_tls_listener_with_a_self_signed_ca(tmp_path):
-    pki = tmp_path / "pki"
-    pki.mkdir()
-
-    def openssl(*args: str) -> None:
-        subprocess.run(["openssl", *args], cwd=pki, check=True, capture_output=True)
-
-    openssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", "ca.key", "-out", "ca.pem",
-            "-days", "2", "-subj", "/CN=pacsnode test CA")
-    for name in ("node", "client"):
-        openssl("req", "-newkey", "rsa:2048", "-nodes", "-keyout", f"{name}.key", "-out", f"{name}.csr",
-                "-subj", f"/CN={name}")
-        openssl("x509", "-req", "-in", f"{name}.csr", "-CA", "ca.pem", "-CAkey", "ca.key",
-                "-CAcreateserial", "-out", f"{name}.pem", "-days", "2")
+    pki = make_pki(tmp_path / "pki", ("node", "client"))
     node = NodeProcess(tmp_path / "node", dicom={"tls": {
-        "enabled": True, "certificate": str(pki / "node.pem"), "private_key": str(pki / "node.key"),
-        "ca_certificates": str(pki / "ca.pem")}})
+        "enabled": True, "certificate": pki["node.pem"], "private_key": pki["node.key"],
+        "ca_certificates": pki["ca.pem"]}})
     node.start()
     try:
         files = write_mr_series(tmp_path / "in", count=2)
-        tls = ("+tls", str(pki / "client.key"), str(pki / "client.pem"), "+cf", str(pki / "ca.pem"))
+        tls = ("+tls", pki["client.key"], pki["client.pem"], "+cf", pki["ca.pem"])
         result = node.storescu(*files, extra=tls)
         assert result.returncode == 0, result.stderr
         assert node.status()["studies"][0]["instances"] == 2
