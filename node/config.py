@@ -84,10 +84,6 @@ class DicomConfig(_Section):
     network_timeout_s: float = Field(60, gt=0)
     acse_timeout_s: float = Field(30, gt=0)
     dimse_timeout_s: float = Field(60, gt=0)
-    reactor_poll_s: float = Field(
-        0.0002, gt=0, le=0.001,
-        description="Poll interval of pynetdicom's reactors; 0.001 is pynetdicom's own.",
-    )
     tls: TLSConfig = Field(default_factory=TLSConfig)
 
     _ae = field_validator("ae_title")(_check_ae_title)

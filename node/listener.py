@@ -1,74 +1,40 @@
-"""The DICOM listener: C-STORE and C-ECHO SCP built on pynetdicom.
+"""The DICOM listener: what happens to each received instance.
 
 A C-STORE is answered with Success only after the instance is on disk (temp
 file, fsync, atomic rename) and indexed. The handler does nothing else: study
-completion, routing and pipelines happen elsewhere, so senders never wait on them.
+completion, routing and pipelines happen elsewhere, so senders never wait on
+them. The association protocol itself is :mod:`node.dicom_server`.
 """
 
 from __future__ import annotations
 
 import logging
 import ssl
-import threading
 import time
 from dataclasses import dataclass, replace
 from io import BytesIO
-from typing import Any
 
 from pydicom import dcmread
-from pydicom.dataset import Dataset
+from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.filebase import DicomFileLike
+from pydicom.filewriter import write_file_meta_info
 from pydicom.uid import DeflatedExplicitVRLittleEndian
-from pynetdicom import AE, ALL_TRANSFER_SYNTAXES, _config, evt
-from pynetdicom.presentation import AllStoragePresentationContexts
-from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
-from pynetdicom.transport import ThreadedAssociationServer
+from pynetdicom import PYNETDICOM_IMPLEMENTATION_UID
 
 from node import metrics
 from node.audit import AuditLog
 from node.config import DicomConfig
+from node.dicom_server import (
+    IMPLEMENTATION_VERSION,
+    AssociationPolicy,
+    DicomServer,
+    StoreRequest,
+    StoreResponse,
+)
 from node.index import Index, IndexDatabaseError, InstanceRecord
-from node.sender import disable_nagle
 from node.spool import Spool, SpoolError, SpoolFullError
 
 log = logging.getLogger("pacsnode.listener")
-
-# Accept any storage SOP class, private ones included: a node in front of
-# imaging AI must not drop a vendor's object it does not know.
-_config.UNRESTRICTED_STORAGE_SERVICE = True
-# pynetdicom's own per-message logging names patients; keep it quiet.
-_config.LOG_REQUEST_IDENTIFIERS = False
-_config.LOG_RESPONSE_IDENTIFIERS = False
-
-
-
-class _CappedSleepTime:
-    """The ``time`` module with ``sleep`` capped, for pynetdicom's polling reactors."""
-
-    def __init__(self, cap_s: float) -> None:
-        self._cap = cap_s
-
-    def sleep(self, seconds: float) -> None:
-        time.sleep(min(seconds, self._cap))
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(time, name)
-
-
-def tune_reactor_polling(cap_s: float) -> None:
-    """Shorten the sleeps of pynetdicom's association and DUL reactors.
-
-    Both poll with fixed 1 ms sleeps, which adds about a millisecond to every
-    C-STORE round trip and caps one association near 300 instances/s; capped
-    at 0.2 ms the bare receive rate rises by about a quarter, for a few percent
-    of a core per open association.
-    """
-    import pynetdicom.association
-    import pynetdicom.dul
-
-    shim: Any = _CappedSleepTime(cap_s)
-    pynetdicom.association.time = shim  # type: ignore[attr-defined]
-    pynetdicom.dul.time = shim  # type: ignore[attr-defined]
-
 
 STATUS_SUCCESS = 0x0000
 STATUS_OUT_OF_RESOURCES = 0xA700
@@ -180,26 +146,7 @@ class StorageListener:
         self.spool = spool
         self.index = index
         self.audit = audit
-        self._server: ThreadedAssociationServer | None = None
-        self._lock = threading.Lock()
-        self._ae = self._build_ae()
-
-    def _build_ae(self) -> AE:
-        if self.config.reactor_poll_s < 0.001:
-            tune_reactor_polling(self.config.reactor_poll_s)
-        ae = AE(ae_title=self.config.ae_title)
-        for cx in AllStoragePresentationContexts:
-            ae.add_supported_context(cx.abstract_syntax, ALL_TRANSFER_SYNTAXES)
-        ae.add_supported_context(Verification, ALL_TRANSFER_SYNTAXES)
-        ae.maximum_associations = self.config.max_associations
-        ae.maximum_pdu_size = self.config.max_pdu_size
-        ae.network_timeout = self.config.network_timeout_s
-        ae.acse_timeout = self.config.acse_timeout_s
-        ae.dimse_timeout = self.config.dimse_timeout_s
-        ae.require_called_aet = self.config.check_called_ae
-        if self.config.allowed_calling_aes:
-            ae.require_calling_aet = list(self.config.allowed_calling_aes)
-        return ae
+        self._server: DicomServer | None = None
 
     def _ssl_context(self) -> ssl.SSLContext | None:
         tls = self.config.tls
@@ -217,25 +164,20 @@ class StorageListener:
     def port(self) -> int:
         if self._server is None:
             raise RuntimeError("listener is not running")
-        return int(self._server.server_address[1])
+        return self._server.port
 
     def start(self) -> None:
         """Start serving in background threads."""
-        handlers = [
-            (evt.EVT_C_STORE, self._on_store),
-            (evt.EVT_C_ECHO, self._on_echo),
-            (evt.EVT_CONN_OPEN, disable_nagle),
-            (evt.EVT_ESTABLISHED, self._on_established),
-            (evt.EVT_RELEASED, self._on_closed),
-            (evt.EVT_ABORTED, self._on_closed),
-            (evt.EVT_REJECTED, self._on_rejected),
-        ]
-        self._server = self._ae.start_server(
-            (self.config.host, self.config.port),
-            block=False,
-            evt_handlers=handlers,
-            ssl_context=self._ssl_context(),
+        policy = AssociationPolicy(
+            self.config.ae_title, list(self.config.allowed_calling_aes),
+            self.config.check_called_ae, self.config.max_associations,
         )
+        self._server = DicomServer(
+            self.config.host, self.config.port, policy, self.handle_store, self._on_event,
+            ssl_context=self._ssl_context(), acse_timeout=self.config.acse_timeout_s,
+            network_timeout=self.config.network_timeout_s,
+        )
+        self._server.start()
         log.info(
             "listening",
             extra={"ae_title": self.config.ae_title, "port": self.port,
@@ -244,73 +186,45 @@ class StorageListener:
 
     def stop(self) -> None:
         if self._server is not None:
-            self._server.shutdown()
+            self._server.stop()
             self._server = None
 
-    # -- event handlers -------------------------------------------------------
-
-    def _on_established(self, event: evt.Event) -> None:
-        metrics.ASSOCIATIONS_ACTIVE.inc()
-        event.assoc._pacsnode_counted = True  # type: ignore[attr-defined]
-        log.info(
-            "association accepted",
-            extra={"calling_ae": event.assoc.requestor.ae_title,
-                   "peer": event.assoc.requestor.address},
-        )
-
-    @staticmethod
-    def _on_closed(event: evt.Event) -> None:
-        if getattr(event.assoc, "_pacsnode_counted", False):
-            event.assoc._pacsnode_counted = False  # type: ignore[attr-defined]
+    def _on_event(self, kind: str, info: dict[str, str]) -> None:
+        if kind == "established":
+            metrics.ASSOCIATIONS_ACTIVE.inc()
+            log.info("association accepted", extra=info)
+        elif kind == "closed":
             metrics.ASSOCIATIONS_ACTIVE.dec()
+        elif kind == "rejected":
+            metrics.ASSOCIATIONS_REJECTED.labels(info["reason"]).inc()
+            log.warning("association rejected", extra=info)
+        elif kind == "tls_failed":
+            metrics.ASSOCIATIONS_REJECTED.labels("tls_handshake").inc()
+            log.warning("TLS handshake failed", extra=info)
+        elif kind == "protocol_error":
+            metrics.ASSOCIATIONS_REJECTED.labels("protocol_error").inc()
+            log.warning("association aborted: protocol error", extra=info)
 
-    def _on_rejected(self, event: evt.Event) -> None:
-        calling = event.assoc.requestor.ae_title
-        request = getattr(event.assoc.requestor, "primitive", None)
-        called = str(getattr(request, "called_ae_title", "") or "").strip()
-        if self.config.allowed_calling_aes and calling not in self.config.allowed_calling_aes:
-            reason = "calling_ae_not_allowed"
-        elif self.config.check_called_ae and called != self.config.ae_title:
-            reason = "called_ae_mismatch"
-        else:
-            reason = "busy"
-        metrics.ASSOCIATIONS_REJECTED.labels(reason).inc()
-        log.warning(
-            "association rejected",
-            extra={"reason": reason, "calling_ae": calling, "called_ae": called,
-                   "peer": event.assoc.requestor.address},
-        )
-
-    @staticmethod
-    def _on_echo(event: evt.Event) -> int:
-        return STATUS_SUCCESS
-
-    def _reject(self, exc: RejectedInstance, calling_ae: str) -> Dataset:
-        metrics.INSTANCES_REJECTED.labels(exc.reason).inc()
-        log.warning(
-            "instance rejected",
-            extra={"reason": exc.reason, "detail": str(exc), "calling_ae": calling_ae,
-                   "status": f"0x{exc.status:04X}"},
-        )
-        status = Dataset()
-        status.Status = exc.status
-        status.ErrorComment = str(exc)[:64]
-        return status
-
-    def _on_store(self, event: evt.Event) -> Dataset | int:
+    def handle_store(self, request: StoreRequest) -> StoreResponse:
+        """Store one received instance durably; the status to answer the sender with."""
         started = time.perf_counter()
-        calling_ae = event.assoc.requestor.ae_title
+        data = _with_file_meta(request)
         try:
-            data = event.encoded_dataset(include_meta=True)
-            header = parse_received(data, event.request.AffectedSOPInstanceUID)
-            stored = self._store(header, data, calling_ae)
+            header = parse_received(data, request.sop_instance_uid)
+            stored = self._store(header, data, request.calling_ae)
         except RejectedInstance as exc:
-            return self._reject(exc, calling_ae)
+            metrics.INSTANCES_REJECTED.labels(exc.reason).inc()
+            log.warning(
+                "instance rejected",
+                extra={"reason": exc.reason, "detail": str(exc), "calling_ae": request.calling_ae,
+                       "status": f"0x{exc.status:04X}"},
+            )
+            return StoreResponse(exc.status, str(exc))
         metrics.CSTORE_DURATION.observe(time.perf_counter() - started)
         if stored:
             metrics.INSTANCES_RECEIVED.inc()
             metrics.BYTES_RECEIVED.inc(len(data))
-        return STATUS_SUCCESS
+        return StoreResponse(STATUS_SUCCESS)
 
     def _store(self, header: ParsedHeader, data: bytes, calling_ae: str) -> bool:
         """Write then index the instance; True when it was new."""
@@ -333,6 +247,23 @@ class StorageListener:
         elif self.audit is not None:
             self.audit.instance_received(calling_ae, record.study_uid, record.sop_class_uid)
         return new
+
+
+def _with_file_meta(request: StoreRequest) -> bytes:
+    """The received data set in the DICOM file format, as it will be stored."""
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = request.sop_class_uid
+    meta.MediaStorageSOPInstanceUID = request.sop_instance_uid
+    meta.TransferSyntaxUID = request.transfer_syntax
+    meta.ImplementationClassUID = PYNETDICOM_IMPLEMENTATION_UID
+    meta.ImplementationVersionName = IMPLEMENTATION_VERSION
+    if request.calling_ae:
+        meta.SourceApplicationEntityTitle = request.calling_ae
+    buffer = BytesIO()
+    buffer.write(b"\x00" * 128 + b"DICM")
+    write_file_meta_info(DicomFileLike(buffer), meta, enforce_standard=True)
+    buffer.write(request.dataset)
+    return buffer.getvalue()
 
 
 def instance_record(ds: Dataset, path: str, size: int, calling_ae: str | None) -> InstanceRecord:
