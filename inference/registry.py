@@ -16,6 +16,21 @@ class UnknownPipelineError(KeyError):
         return str(self.args[0])
 
 
+_registered: dict[str, type[Pipeline]] = {}
+
+
+def register_pipeline(cls: type[Pipeline]) -> type[Pipeline]:
+    """Make a pipeline class available by its name (usable as a class decorator).
+
+    For pipelines defined in code rather than installed through entry points;
+    a registered name may not shadow a built-in.
+    """
+    if cls.name in _builtin():
+        raise ValueError(f"pipeline name {cls.name!r} is taken by a built-in pipeline")
+    _registered[cls.name] = cls
+    return cls
+
+
 def _builtin() -> dict[str, type[Pipeline]]:
     from inference.inventory import StudyInventoryPipeline
 
@@ -24,7 +39,7 @@ def _builtin() -> dict[str, type[Pipeline]]:
 
 def available_pipelines() -> dict[str, type[Pipeline]]:
     """All pipelines by name; an installed plugin may not shadow a built-in."""
-    found = _builtin()
+    found = {**_registered, **_builtin()}
     for ep in entry_points(group=ENTRY_POINT_GROUP):
         if ep.name not in found:
             found[ep.name] = ep.load()

@@ -111,8 +111,8 @@ class _Context:
         cls.pid = os.getpid()
 
 
-@celery_app.task(name="pacsnode.run_job", bind=True, acks_late=True, reject_on_worker_lost=True)
-def run_job_task(self, job_id: int, token: str) -> None:  # type: ignore[no-untyped-def]
+@celery_app.task(name="pacsnode.run_job", acks_late=True, reject_on_worker_lost=True)
+def run_job_task(job_id: int, token: str) -> None:
     """Run one pipeline job (a Celery task: arguments are ids, never datasets)."""
     runner = _Context.get_runner()
     config = _Context.config
@@ -120,11 +120,15 @@ def run_job_task(self, job_id: int, token: str) -> None:  # type: ignore[no-unty
     try:
         runner.run(job_id, token)
     except TransientPipelineError as exc:
-        if self.request.retries >= config.jobs.max_retries:
-            runner.index.fail_job(job_id, token, f"gave up after {self.request.retries + 1} attempts: {exc}")
+        # Retries are counted in the index (attempts), so they survive restarts.
+        job = runner.index.job(job_id)
+        if job is None:
             return
-        countdown = min(config.jobs.retry_backoff_max_s, 2 ** (self.request.retries + 1))
-        raise self.retry(exc=exc, countdown=countdown)
+        if job.attempts > config.jobs.max_retries:
+            runner.index.fail_job(job_id, token, f"gave up after {job.attempts} attempts: {exc}")
+            return
+        backoff = min(config.jobs.retry_backoff_max_s, 2.0 ** job.attempts)
+        JobDispatcher(runner.index).dispatch(job, new_token=False, countdown=backoff)
 
 
 class _Heartbeat:
@@ -263,14 +267,18 @@ class JobDispatcher:
     def __init__(self, index: Index) -> None:
         self.index = index
 
-    def dispatch(self, job: JobRecord, new_token: bool = True) -> bool:
-        """Send the job to its queue; False (job stays queued) when the broker is unreachable."""
+    def dispatch(self, job: JobRecord, new_token: bool = True, countdown: float | None = None) -> bool:
+        """Send the job to its queue (after *countdown* seconds); False when the broker is unreachable.
+
+        A job whose dispatch failed stays queued and the supervisor tries again.
+        """
         token = job.token if (job.token and not new_token) else uuid.uuid4().hex
         self.index.set_dispatch_token(job.id, token)
         try:
             run_job_task.apply_async(
                 args=(job.id, token),
                 queue=QUEUES.get(job.queue, QUEUES["cpu"]),
+                countdown=countdown,
                 retry=True,
                 retry_policy={"max_retries": 2, "interval_start": 0.2, "interval_step": 0.5},
             )

@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import time
+from pathlib import Path
 
 import pytest
 from pydicom import dcmread
 
+from inference.base import Pipeline, StudyInput, TransientPipelineError
+from inference.inventory import StudyInventoryPipeline
+from inference.registry import register_pipeline
 from node.config import NodeConfig
 from node.index import Index, NewJob
 from node.jobs import (
@@ -123,5 +127,39 @@ def test_embedded_worker_runs_dispatched_jobs(study, tmp_path):
         job = wait_until(lambda: index.job(job_id).state == "succeeded" and index.job(job_id),
                          timeout=30, what="the embedded worker to finish the job")
         assert job.output_count == 1
+    finally:
+        worker.stop()
+
+
+class _FlakyPipeline(Pipeline):
+    """Fails transiently on its first run, then succeeds (counts runs in a file)."""
+
+    name = "test-flaky"
+    counter: Path
+
+    def run(self, study: StudyInput, options):  # type: ignore[no-untyped-def]
+        runs = int(self.counter.read_text()) if self.counter.exists() else 0
+        self.counter.write_text(str(runs + 1))
+        if runs == 0:
+            raise TransientPipelineError("GPU briefly unavailable")
+        return StudyInventoryPipeline().run(study, options)
+
+
+def test_transient_failure_is_retried_with_backoff(study, tmp_path):
+    spool, index, study_uid, series_uid = study
+    _FlakyPipeline.counter = tmp_path / "runs"
+    register_pipeline(_FlakyPipeline)
+    config = NodeConfig(spool={"path": str(tmp_path / "spool")}, jobs={"max_retries": 2})
+    app = configure_celery(config)
+    _Context.use(config, JobRunner(index, spool))
+    worker = EmbeddedWorker(app)
+    worker.start()
+    try:
+        job_id = _job(index, study_uid, series_uid, pipeline="test-flaky")
+        assert JobDispatcher(index).dispatch(index.job(job_id))
+        job = wait_until(lambda: index.job(job_id).state == "succeeded" and index.job(job_id),
+                         timeout=30, what="the retried job to succeed")
+        assert job.attempts == 2
+        assert (tmp_path / "runs").read_text() == "2"
     finally:
         worker.stop()
