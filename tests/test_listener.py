@@ -273,3 +273,22 @@ def test_association_limit_rejects_the_extra_peer(tmp_path):
         assert node.storescu(*write_mr_series(tmp_path / "in2", count=1)).returncode == 0
     finally:
         node.stop()
+
+
+def test_private_sop_class_is_stored_not_refused(node, tmp_path):
+    """A vendor's private object must reach the node like any other."""
+    [path] = write_mr_series(tmp_path / "in", count=1)
+    ds = dcmread(path)
+    private_class = "1.2.826.0.1.3680043.8.498.1.77"
+    ds.SOPClassUID = ds.file_meta.MediaStorageSOPClassUID = private_class
+    private = tmp_path / "private.dcm"
+    ds.save_as(private, enforce_file_format=True)
+    ae = AE(ae_title="PYNETDICOM")
+    ae.add_requested_context(private_class, ExplicitVRLittleEndian)
+    assoc = ae.associate("127.0.0.1", node.dicom_port, ae_title="PACSNODE")
+    assert assoc.is_established
+    status = assoc.send_c_store(ds)
+    assoc.release()
+    assert status.Status == 0x0000
+    [stored] = list((node.workdir / "spool" / "studies").rglob("*.dcm"))
+    assert dcmread(stored).SOPClassUID == private_class
