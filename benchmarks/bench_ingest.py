@@ -34,12 +34,12 @@ from tests.orthanc_peer import OrthancPeer  # noqa: E402
 ENV = {**os.environ, "TCP_NODELAY": "1"}
 
 
-def write_instances(folder: Path, count: int) -> None:
-    """One MR study/series of *count* 256x256 16-bit single-frame instances."""
+def write_instances(folder: Path, count: int, size: int = 256) -> None:
+    """One MR study/series of *count* size x size 16-bit single-frame instances."""
     folder.mkdir(parents=True, exist_ok=True)
     study, series, frame = generate_uid(), generate_uid(), generate_uid()
     rng = np.random.default_rng(0)
-    pixels = rng.integers(0, 4096, (256, 256), dtype=np.uint16).tobytes()
+    pixels = rng.integers(0, 4096, (size, size), dtype=np.uint16).tobytes()
     for i in range(count):
         ds = Dataset()
         ds.file_meta = FileMetaDataset()
@@ -55,7 +55,7 @@ def write_instances(folder: Path, count: int) -> None:
         ds.ImagePositionPatient = [0, 0, float(i)]
         ds.ImageOrientationPatient = [1, 0, 0, 0, 1, 0]
         ds.PixelSpacing, ds.SliceThickness = [1, 1], 1
-        ds.Rows = ds.Columns = 256
+        ds.Rows = ds.Columns = size
         ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 12, 11, 0
         ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
         ds.PixelData = pixels
