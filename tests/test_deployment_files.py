@@ -552,3 +552,102 @@ def _exposed_names() -> set[str]:
 def test_node_exposes_every_contract_metric() -> None:
     missing = CONTRACT - _exposed_names()
     assert not missing, f"node.metrics no longer exposes {sorted(missing)}: update dashboards and alerts too"
+
+
+# -- the shipped Prometheus files against a real node --------------------------------------
+
+
+def _prom_get(base: str, path: str) -> dict:
+    import urllib.request
+
+    with urllib.request.urlopen(base + path, timeout=10) as response:
+        reply = json.loads(response.read())
+    assert reply["status"] == "success", reply
+    return reply["data"]
+
+
+@pytest.mark.e2e
+def test_shipped_prometheus_config_rules_and_dashboard_against_a_real_node(tmp_path: Path) -> None:
+    """Debian's prometheus runs the shipped prometheus.yml and alerts.yml (target pointed at a
+    real `pacsnode serve`): every alert rule evaluates without error, every dashboard query is
+    accepted, and the ingest, C-STORE, job latency and spool panels have data after a study
+    has been received and run through the inventory pipeline."""
+    import urllib.parse
+
+    from tests.node_harness import NodeProcess, free_port, wait_for_port, wait_until, write_mr_series
+
+    if shutil.which("prometheus") is None:
+        pytest.skip("prometheus not installed (Debian package prometheus; .ci/run installs it)")
+
+    from tests.orthanc_peer import ORTHANC, OrthancPeer
+
+    if not Path(ORTHANC).exists():
+        pytest.skip("Orthanc not installed (Debian package orthanc; .ci/run installs it)")
+    pacs = OrthancPeer(tmp_path / "orthanc")
+    node = NodeProcess(
+        tmp_path / "node",
+        destinations={"PACS": {"ae_title": pacs.aet, "host": "127.0.0.1", "port": pacs.dicom_port}},
+        routes=[{"name": "inventory", "level": "study", "match": {"Modality": "MR"},
+                 "pipelines": ["inventory"], "destinations": ["PACS"]}])
+    try:
+        node.start()
+    except Exception:
+        pacs.stop()
+        raise
+    prom_port = free_port()
+    config = _load_yaml(DOCKER / "prometheus" / "prometheus.yml")
+    config["global"].update({"scrape_interval": "1s", "evaluation_interval": "1s"})
+    for job in config["scrape_configs"]:
+        job.pop("scrape_interval", None)
+        job.pop("scrape_timeout", None)
+        target = f"127.0.0.1:{node.http_port}" if job["job_name"] == "pacsnode" else f"127.0.0.1:{prom_port}"
+        for static in job["static_configs"]:
+            static["targets"] = [target]
+    (tmp_path / "prometheus.yml").write_text(yaml.safe_dump(config))
+    shutil.copy(DOCKER / "prometheus" / "alerts.yml", tmp_path / "alerts.yml")
+    with open(tmp_path / "prometheus.log", "wb") as log:
+        prom = subprocess.Popen(
+            ["prometheus", f"--config.file={tmp_path / 'prometheus.yml'}",
+             f"--storage.tsdb.path={tmp_path / 'tsdb'}", f"--web.listen-address=127.0.0.1:{prom_port}"],
+            stdout=log, stderr=subprocess.STDOUT)
+    base = f"http://127.0.0.1:{prom_port}"
+
+    def query(expr: str) -> list[dict]:
+        concrete = expr.replace("$__rate_interval", "1m")
+        return _prom_get(base, "/api/v1/query?query=" + urllib.parse.quote(concrete))["result"]
+
+    try:
+        wait_for_port(prom_port, timeout=30)
+        assert node.storescu(*write_mr_series(tmp_path / "in", count=5)).returncode == 0
+        wait_until(lambda: query('pacsnode_jobs{state="succeeded"}'), timeout=90,
+                   what="the inventory job to succeed, as Prometheus sees it")
+        wait_until(lambda: query('pacsnode_outbox_items{state="sent"}'), timeout=60,
+                   what="the inventory report to reach the PACS, as Prometheus sees it")
+        # rate() needs two scrapes of a series: wait for them before reading the panels.
+        for histogram in ("pacsnode_job_duration_seconds", "pacsnode_end_to_end_seconds"):
+            wait_until(lambda h=histogram: query(f"rate({h}_count[1m])"), timeout=30, what=f"{histogram} samples")
+
+        # Every shipped rule has been evaluated, and without error.
+        def rules_evaluated() -> list[dict] | None:
+            rules = [r for g in _prom_get(base, "/api/v1/rules")["groups"] for r in g["rules"]]
+            return rules if rules and all(r.get("lastEvaluation", "").startswith("20") for r in rules) else None
+
+        rules = wait_until(rules_evaluated, timeout=30, what="every alert rule to be evaluated")
+        assert len(rules) == 8
+        assert [r["name"] for r in rules if r["health"] != "ok"] == [], rules
+        assert not [r for r in rules if r["name"] == "PacsnodeDown" and r["state"] != "inactive"]
+
+        # Every dashboard query is accepted; the panels that must show something do.
+        results = {}
+        for title, expr in _dashboard_exprs(_dashboard()):
+            results.setdefault(title, []).append(query(expr))
+        for title in ("Node up", "Spool free now", "Ingest rate", "Ingest bandwidth", "C-STORE latency",
+                      "Job latency by pipeline", "End-to-end by pipeline", "Outbox by state", "Spool free"):
+            assert any(results[title]), f"panel {title!r} has no data"
+        latency = [r["metric"].get("pipeline") for r in results["Job latency by pipeline"][0]]
+        assert "inventory" in latency
+    finally:
+        prom.terminate()
+        prom.wait(timeout=30)
+        node.stop()
+        pacs.stop()
