@@ -136,16 +136,17 @@ class DicomSender:
         # Each SOP class/transfer syntax pair needs a presentation context; propose
         # at most MAX_CONTEXTS per association and split larger sets.
         batches: list[list[tuple[Path, str, str]]] = []
+        current: list[tuple[Path, str, str]] = []
         contexts: set[tuple[str, str]] = set()
         for item in headers:
             key = (item[1], item[2])
             if key not in contexts and len(contexts) >= MAX_CONTEXTS // 2:
-                batches.append([])
-                contexts = set()
+                batches.append(current)
+                current, contexts = [], set()
             contexts.add(key)
-            if not batches:
-                batches.append([])
-            batches[-1].append(item)
+            current.append(item)
+        if current:
+            batches.append(current)
         for batch in batches:
             results.extend(self._send_batch(batch))
         return results
