@@ -143,7 +143,7 @@ class GammaVariateAIF:
         grid = np.arange(0.0, t_max + 2 * dt, dt)
         second = self.first_pass(grid - self.recirculation_delay_s)
         kernel = _exponential_kernel(self.recirculation_dispersion_s, dt, grid.size)
-        n_fft = 2 * grid.size
+        n_fft = _fft_length(2 * grid.size)
         second = np.fft.irfft(np.fft.rfft(second, n_fft) * np.fft.rfft(kernel, n_fft), n_fft)[: grid.size]
         return self.first_pass(t) + self.recirculation_fraction * np.interp(t, grid, second, left=0.0)
 
@@ -278,6 +278,22 @@ class GroundTruth:
 # --------------------------------------------------------------------------- forward model
 
 
+def _fft_length(n: int) -> int:
+    """Smallest 2^a·3^b·5^c ≥ n: FFT sizes that are fast (a prime size is ~100× slower)."""
+    best = 1 << max(0, (n - 1).bit_length())
+    p5 = 1
+    while p5 < best:
+        p35 = p5
+        while p35 < best:
+            p235 = p35
+            while p235 < n:
+                p235 *= 2
+            best = min(best, p235)
+            p35 *= 3
+        p5 *= 5
+    return best
+
+
 def _fine_grid(timing: AcquisitionTiming, delays: np.ndarray) -> np.ndarray:
     """Fine grid from 0 long enough for the acquisition and the earliest-arriving (negative-delay) tissue."""
     lead = max(0.0, -float(np.min(delays, initial=0.0)))
@@ -289,38 +305,43 @@ def _tissue_kernels(mtt: np.ndarray, dispersion: np.ndarray, fine_t: np.ndarray,
                     residue: ResidueKind, gamma_lambda: float) -> tuple[np.ndarray, np.ndarray]:
     """Spectra of (h_disp ⊗ R) with trapezoidal end weight, and the argmax time of h_disp ⊗ R."""
     dt = float(fine_t[1] - fine_t[0])
-    res = residue_function(residue, fine_t, mtt, gamma_lambda)
-    res_f = np.fft.rfft(res, n_fft, axis=-1)
+    res_f = np.fft.rfft(residue_function(residue, fine_t, mtt, gamma_lambda), n_fft, axis=-1)
     peak = np.zeros(mtt.shape)
-    dispersed = dispersion > 0
-    if np.any(dispersed):
-        disp = np.exp(-fine_t[None, :] / np.where(dispersed, dispersion, 1.0)[:, None])
+    first = np.ones(mtt.shape)  # (h ⊗ R)(0) = h(0)·R(0), R(0) = 1
+    dispersed = np.flatnonzero(dispersion > 0)
+    if dispersed.size:
+        disp = np.exp(-fine_t[None, :] / dispersion[dispersed, None])
         disp /= disp.sum(axis=-1, keepdims=True)
-        disp_f = np.fft.rfft(disp, n_fft, axis=-1)
-        res_f = np.where(dispersed[:, None], res_f * disp_f, res_f)
+        first[dispersed] = disp[:, 0]
+        res_f[dispersed] *= np.fft.rfft(disp, n_fft, axis=-1)
         eff = np.fft.irfft(res_f[dispersed], n_fft, axis=-1)[:, : fine_t.size]
         peak[dispersed] = np.argmax(eff, axis=-1) * dt
     # Trapezoidal weight: the kernel's first sample counts half, so Σ C_t·dt = F'·∫C_a·MTT.
-    first = np.fft.irfft(res_f, n_fft, axis=-1)[:, :1]
-    res_f = res_f - 0.5 * first
+    res_f -= 0.5 * first[:, None]
     return res_f, peak
 
 
 def tissue_concentration(params: TissueParameters, timing: AcquisitionTiming, aif: GammaVariateAIF, *,
                          residue: ResidueKind = "exponential", gamma_lambda: float = 5.0,
                          haematocrit: HaematocritCorrection = HaematocritCorrection(),
-                         ) -> tuple[np.ndarray, np.ndarray]:
+                         tmax_target_s: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Noise-free tissue concentration sampled at TR, shape ``(t,) + params.shape``, and true Tmax.
 
-    Vectorised over voxels in chunks; zero-flow voxels stay at zero.
+    With ``tmax_target_s`` the delays of ``params`` are ignored and chosen so
+    that the true Tmax equals the target. Vectorised over voxels in chunks;
+    zero-flow voxels stay at zero.
     """
     cbf = params.cbf.ravel()
     mtt = params.mtt_s.ravel()
-    delay = params.delay_s.ravel()
+    delay = params.delay_s.ravel().copy()
     dispersion = params.dispersion_s.ravel()
-    fine_t = _fine_grid(timing, delay)
+    if tmax_target_s is not None:
+        target = np.broadcast_to(np.asarray(tmax_target_s, float), params.shape).ravel()
+        delay = target.copy()  # minus each voxel's residue peak offset, per chunk below
+    # A target Tmax leaves room for the residue peak offset (≤ 10 s) in the fine grid's lead.
+    fine_t = _fine_grid(timing, delay - (10.0 if tmax_target_s is not None else 0.0))
     dt = timing.fine_dt_s
-    n_fft = 2 * fine_t.size
+    n_fft = _fft_length(2 * fine_t.size)
     aif_f = np.fft.rfft(aif.concentration(fine_t), n_fft)
     # (ρ/k_H)·F with F in 1/s: C_t = (ρ/k_H)·F·(C_a ⊗ R).
     flow = cbf / haematocrit.cbf_scale
@@ -334,6 +355,8 @@ def tissue_concentration(params: TissueParameters, timing: AcquisitionTiming, ai
             continue
         kern_f, peak = _tissue_kernels(mtt[perfused], dispersion[perfused], fine_t, n_fft, residue,
                                        gamma_lambda)
+        if tmax_target_s is not None:
+            delay[perfused] -= peak
         conc = np.fft.irfft(kern_f * aif_f, n_fft, axis=-1)[:, : fine_t.size] * dt
         conc *= flow[perfused, None]
         # Sample at TR and apply the delay in one interpolation on the fine grid.
@@ -344,7 +367,7 @@ def tissue_concentration(params: TissueParameters, timing: AcquisitionTiming, ai
         sampled = conc[rows, idx] * (1 - frac) + conc[rows, idx + 1] * frac
         sampled[pos < 0] = 0.0
         out[perfused] = sampled
-        tmax[perfused] += peak
+        tmax[perfused] = delay[perfused] + peak
     shape = params.shape
     return np.moveaxis(out.reshape(shape + (times.size,)), -1, 0), tmax.reshape(shape)
 
@@ -354,7 +377,7 @@ def delayed_dispersed_aif(aif: GammaVariateAIF, timing: AcquisitionTiming, delay
     """The AIF seen downstream (e.g. a vein): delayed and dispersed, area unchanged; sampled at TR."""
     fine_t = _fine_grid(timing, np.array([0.0]))
     kernel = _exponential_kernel(dispersion_s, timing.fine_dt_s, fine_t.size)
-    n_fft = 2 * fine_t.size
+    n_fft = _fft_length(2 * fine_t.size)
     conc = np.fft.irfft(np.fft.rfft(aif.concentration(fine_t), n_fft) * np.fft.rfft(kernel, n_fft),
                         n_fft)[: fine_t.size]
     return np.interp(timing.times_s - delay_s, fine_t, conc, left=0.0)
@@ -456,3 +479,232 @@ def simulate_dsc(params: TissueParameters, *, timing: AcquisitionTiming = Acquis
     return DSCSimulation(times_s=timing.times_s, signal=noisy, signal_noise_free=clean, aif_signal=aif_noisy,
                          aif_concentration=aif_conc, tissue_concentration=conc, truth=truth, timing=timing,
                          relaxivity=relaxivity, haematocrit=haematocrit, snr=snr)
+
+
+# --------------------------------------------------------------------------- stroke phantom
+
+#: Tissue labels of :attr:`StrokePhantom.labels`.
+TISSUE_LABELS: dict[int, str] = {0: "background", 1: "grey matter", 2: "white matter", 3: "CSF",
+                                 4: "artery", 5: "artery partial volume", 6: "vein"}
+#: Zone labels of :attr:`StrokePhantom.zones`.
+ZONE_LABELS: dict[int, str] = {0: "normal", 1: "oligaemia", 2: "penumbra", 3: "core"}
+
+
+@dataclass(frozen=True)
+class LesionZone:
+    """Perfusion of one ischaemic zone relative to normal tissue, and its true Tmax."""
+
+    cbf_factor: float
+    cbv_factor: float
+    tmax_s: float
+    dispersion_s: float
+    #: Ellipsoid semi-axes (x, y, z) in mm around the lesion centre.
+    radii_mm: tuple[float, float, float]
+
+
+@dataclass(frozen=True)
+class StrokePhantomDesign:
+    """Geometry and physiology of the stroke slab phantom (lengths in mm, flows in ml/100g/min)."""
+
+    matrix: tuple[int, int] = (128, 128)
+    n_slices: int = 12
+    pixel_mm: float = 1.6
+    slice_mm: float = 5.0
+    brain_semi_axes_mm: tuple[float, float] = (68.0, 84.0)
+    cortex_mm: float = 5.0
+    grey_matter: tuple[float, float] = (60.0, 4.0)   # CBF, CBV
+    white_matter: tuple[float, float] = (22.0, 2.0)
+    grey_matter_tmax_s: float = 0.8
+    white_matter_tmax_s: float = 1.3
+    normal_dispersion_s: float = 0.5
+    normal_tmax_jitter_s: float = 0.4
+    #: Voxel-to-voxel log-normal spread of CBF and CBV.
+    heterogeneity: float = 0.08
+    #: Lesion centre (x, y, z) in mm; +x is the affected side (patient left, image right).
+    lesion_centre_mm: tuple[float, float, float] = (38.0, 2.0, 0.0)
+    oligaemia: LesionZone = LesionZone(0.8, 1.05, 4.0, 1.0, (42.0, 56.0, 50.0))
+    penumbra: LesionZone = LesionZone(0.5, 1.1, 8.0, 2.0, (31.0, 43.0, 40.0))
+    core: LesionZone = LesionZone(0.08, 0.3, 13.0, 2.0, (15.0, 21.0, 18.0))
+    #: Uniform spread of the lesion zones' Tmax (±, s); keeps them a frame from 6 s and 10 s.
+    zone_tmax_jitter_s: float = 0.5
+    s0_grey: float = 100.0
+    s0_white: float = 88.0
+    s0_csf: float = 150.0
+    s0_blood: float = 100.0
+    vein_delay_s: float = 6.0
+    vein_dispersion_s: float = 2.0
+    artery_partial_volume: float = 0.4
+
+
+@dataclass(frozen=True)
+class StrokePhantom:
+    """A simulated DSC-MRI slab with a one-sided ischaemic lesion and its ground truth (arrays (t, z, y, x))."""
+
+    signal: np.ndarray                 # (t, z, y, x) float32
+    timing: AcquisitionTiming
+    spacing_mm: tuple[float, float, float]  # (z, y, x)
+    labels: np.ndarray                 # (z, y, x) uint8, TISSUE_LABELS
+    zones: np.ndarray                  # (z, y, x) uint8, ZONE_LABELS
+    truth: GroundTruth                 # maps (z, y, x), NaN outside tissue
+    tissue_mask: np.ndarray
+    brain_mask: np.ndarray
+    artery_mask: np.ndarray
+    vein_mask: np.ndarray
+    hypoperfusion_mask: np.ndarray     # true Tmax > 6 s
+    severe_mask: np.ndarray            # true Tmax > 10 s
+    core_mask: np.ndarray              # the core zone (rCBF < 30 %)
+    aif_concentration: np.ndarray
+    relaxivity: Relaxivity
+    haematocrit: HaematocritCorrection
+    design: StrokePhantomDesign
+    snr: float | None
+    seed: int | None
+
+    @property
+    def times_s(self) -> np.ndarray:
+        return self.timing.times_s
+
+    def lesion_truth(self) -> dict[str, float | bool]:
+        """True volumes (ml), mismatch, HIR and the DEFUSE 3 decision with default criteria."""
+        from inference.perfusion.lesions import Defuse3Criteria, mismatch_ratio, volume_ml
+
+        hypo = volume_ml(self.hypoperfusion_mask, self.spacing_mm)
+        severe = volume_ml(self.severe_mask, self.spacing_mm)
+        core = volume_ml(self.core_mask, self.spacing_mm)
+        return {"hypoperfusion_ml": hypo, "severe_hypoperfusion_ml": severe, "core_ml": core,
+                "mismatch_ml": hypo - core, "mismatch_ratio": mismatch_ratio(core, hypo),
+                "hypoperfusion_intensity_ratio": severe / hypo if hypo else math.nan,
+                "defuse3_eligible": Defuse3Criteria().eligible(core, hypo)}
+
+
+def residue_peak_offset(mtt_s: np.ndarray, dispersion_s: np.ndarray, timing: AcquisitionTiming, *,
+                        residue: ResidueKind = "exponential", gamma_lambda: float = 5.0) -> np.ndarray:
+    """argmax_t (h_disp ⊗ R)(t) per voxel (s): what Tmax adds to the delay."""
+    mtt = np.asarray(mtt_s, float).ravel()
+    disp = np.broadcast_to(np.asarray(dispersion_s, float), np.shape(mtt_s)).ravel()
+    fine_t = _fine_grid(timing, np.zeros(1))
+    out = np.zeros(mtt.size)
+    for start in range(0, mtt.size, _CHUNK):
+        sl = slice(start, start + _CHUNK)
+        _, out[sl] = _tissue_kernels(mtt[sl], disp[sl], fine_t, _fft_length(2 * fine_t.size), residue,
+                                     gamma_lambda)
+    return out.reshape(np.shape(mtt_s))
+
+
+def _phantom_geometry(d: StrokePhantomDesign) -> tuple[np.ndarray, np.ndarray]:
+    """Tissue labels and lesion zones on the (z, y, x) grid."""
+    nz, (ny, nx) = d.n_slices, d.matrix
+    z = ((np.arange(nz) - (nz - 1) / 2) * d.slice_mm)[:, None, None]
+    y = (((ny - 1) / 2 - np.arange(ny)) * d.pixel_mm)[None, :, None]   # + anterior (up in the image)
+    x = ((np.arange(nx) - (nx - 1) / 2) * d.pixel_mm)[None, None, :]   # + patient left (image right)
+    shape = (nz, ny, nx)
+    scale = np.sqrt(np.clip(1.0 - (z / 110.0) ** 2, 0.0, 1.0))
+    ax, ay = d.brain_semi_axes_mm[0] * scale, d.brain_semi_axes_mm[1] * scale
+    rho = np.sqrt((x / ax) ** 2 + (y / ay) ** 2)
+    brain = rho <= 1.0
+    labels = np.zeros(shape, np.uint8)
+    labels[brain] = 2
+    cortex = brain & (rho > 1.0 - d.cortex_mm / np.sqrt(ax * ay))
+    deep = (((np.abs(x) - 22.0) / 9.0) ** 2 + ((y - 2.0) / 14.0) ** 2 <= 1.0) & (np.abs(z) < 20.0)
+    labels[np.broadcast_to(cortex | deep, shape) & brain] = 1
+    ventricles = (((np.abs(x) - 8.0) / 5.0) ** 2 + ((y + 2.0) / 20.0) ** 2 <= 1.0) & (np.abs(z) < 25.0)
+    fissure = (np.abs(x) < d.pixel_mm) & ((y > 38.0) | (y < -50.0))
+    labels[np.broadcast_to(ventricles | fissure, shape) & brain] = 3
+    # Arteries (unaffected side): an MCA trunk 2×2 pixels in the lowest three slices with a
+    # partial-volume ring, and the two ACAs beside the midline in the lowest five slices.
+    cx, cy = int(round((nx - 1) / 2 - 30.0 / d.pixel_mm)), int(round((ny - 1) / 2 - 6.0 / d.pixel_mm))
+    for k in range(min(3, nz)):
+        labels[k, cy - 2: cy + 2, cx - 2: cx + 2] = 5
+        labels[k, cy - 1: cy + 1, cx - 1: cx + 1] = 4
+    aca_row = int(round((ny - 1) / 2 - 30.0 / d.pixel_mm))
+    labels[: min(5, nz), aca_row, nx // 2 - 1: nx // 2 + 1] = 4
+    # Superior sagittal sinus: 4 pixels wide at the posterior midline, in every slice.
+    sinus = (np.abs(x) < 2.5 * d.pixel_mm) & (y < -ay + 4.0) & brain
+    labels[np.broadcast_to(sinus, shape)] = 6
+
+    zones = np.zeros(shape, np.uint8)
+    tissue = (labels == 1) | (labels == 2)
+    lx, ly, lz = d.lesion_centre_mm
+    affected = np.broadcast_to(x > d.pixel_mm, shape)
+    for value, zone in ((1, d.oligaemia), (2, d.penumbra), (3, d.core)):
+        rx, ry, rz = zone.radii_mm
+        inside = ((x - lx) / rx) ** 2 + ((y - ly) / ry) ** 2 + ((z - lz) / rz) ** 2 <= 1.0
+        zones[np.broadcast_to(inside, shape) & affected & tissue] = value
+    return labels, zones
+
+
+def make_stroke_phantom(seed: int | None = 0, snr: float | None = 50.0, *,
+                        design: StrokePhantomDesign = StrokePhantomDesign(),
+                        timing: AcquisitionTiming = AcquisitionTiming(),
+                        aif: GammaVariateAIF | None = None,
+                        haematocrit: HaematocritCorrection = HaematocritCorrection()) -> StrokePhantom:
+    """Simulate the stroke slab: brain-like ellipses with GM/WM, CSF, vessels and a one-sided lesion.
+
+    The +x hemisphere holds nested ellipsoidal zones (oligaemia ⊃ penumbra ⊃
+    core) with the design's CBF/CBV factors and true Tmax (zone value ±
+    jitter, so oligaemia ≤ 4.5 s, penumbra 7.5–8.5 s, core ≥ 12.5 s with the
+    defaults). Delays are set so that the *true* Tmax (delay + dispersed
+    residue peak) hits those values. Arterial voxels carry the AIF; the sinus a
+    delayed, dispersed copy; CSF has no perfusion. ``snr`` is S0_ref/σ of the
+    Rician noise (None: noise-free).
+    """
+    rng = _rng(seed)
+    d = design
+    if aif is None:
+        aif = GammaVariateAIF(t0_s=timing.bolus_arrival_s)
+    relaxivity = calibrate_relaxivity(aif, timing, haematocrit=haematocrit)
+    labels, zones = _phantom_geometry(d)
+    tissue = (labels == 1) | (labels == 2)
+    grey = labels[tissue] == 1
+    zone = zones[tissue]
+    n = int(tissue.sum())
+
+    base_cbf = np.where(grey, d.grey_matter[0], d.white_matter[0])
+    base_cbv = np.where(grey, d.grey_matter[1], d.white_matter[1])
+    cbf_factor, cbv_factor = np.ones(n), np.ones(n)
+    target_tmax = np.where(grey, d.grey_matter_tmax_s, d.white_matter_tmax_s) \
+        + rng.uniform(-d.normal_tmax_jitter_s, d.normal_tmax_jitter_s, n)
+    dispersion = np.full(n, d.normal_dispersion_s)
+    for value, spec in ((1, d.oligaemia), (2, d.penumbra), (3, d.core)):
+        sel = zone == value
+        cbf_factor[sel], cbv_factor[sel], dispersion[sel] = spec.cbf_factor, spec.cbv_factor, spec.dispersion_s
+        target_tmax[sel] = spec.tmax_s + rng.uniform(-d.zone_tmax_jitter_s, d.zone_tmax_jitter_s, sel.sum())
+    cbf = base_cbf * cbf_factor * rng.lognormal(0.0, d.heterogeneity, n)
+    cbv = base_cbv * cbv_factor * rng.lognormal(0.0, d.heterogeneity, n)
+    params = TissueParameters(cbf, cbv, np.zeros(n), dispersion)
+    conc, tmax = tissue_concentration(params, timing, aif, haematocrit=haematocrit, tmax_target_s=target_tmax)
+
+    n_t = timing.n_timepoints
+    signal = np.zeros((n_t,) + labels.shape)
+    s0_tissue = np.where(grey, d.s0_grey, d.s0_white)
+    flat = signal.reshape(n_t, -1)
+    flat[:, tissue.ravel()] = concentration_to_signal(conc, relaxivity.tissue, timing.te_s, s0_tissue)
+    aif_conc = aif.concentration(timing.times_s)
+    artery_signal = concentration_to_signal(aif_conc, relaxivity.artery, timing.te_s, d.s0_blood)
+    flat[:, (labels == 4).ravel()] = artery_signal[:, None]
+    gm_params = TissueParameters(np.array([d.grey_matter[0]]), np.array([d.grey_matter[1]]),
+                                 np.array([d.grey_matter_tmax_s]), np.array([0.0]))
+    gm_conc, _ = tissue_concentration(gm_params, timing, aif, haematocrit=haematocrit)
+    gm_signal = concentration_to_signal(gm_conc[:, 0], relaxivity.tissue, timing.te_s, d.s0_grey)
+    pv = d.artery_partial_volume
+    flat[:, (labels == 5).ravel()] = (pv * artery_signal + (1 - pv) * gm_signal)[:, None]
+    vein_conc = delayed_dispersed_aif(aif, timing, d.vein_delay_s, d.vein_dispersion_s)
+    flat[:, (labels == 6).ravel()] = concentration_to_signal(vein_conc, relaxivity.artery, timing.te_s,
+                                                             d.s0_blood)[:, None]
+    flat[:, (labels == 3).ravel()] = d.s0_csf
+    if snr is not None:
+        signal = add_rician_noise(signal, S0_REF / snr, rng)
+
+    def to_map(values: np.ndarray) -> np.ndarray:
+        out = np.full(labels.shape, np.nan, np.float32)
+        out[tissue] = values
+        return out
+
+    truth = GroundTruth(cbf=to_map(cbf), cbv=to_map(cbv), mtt=to_map(params.mtt_s), tmax=to_map(tmax))
+    return StrokePhantom(
+        signal=signal.astype(np.float32), timing=timing, spacing_mm=(d.slice_mm, d.pixel_mm, d.pixel_mm),
+        labels=labels, zones=zones, truth=truth, tissue_mask=tissue, brain_mask=labels > 0,
+        artery_mask=(labels == 4) | (labels == 5), vein_mask=labels == 6,
+        hypoperfusion_mask=tissue & (zones >= 2), severe_mask=tissue & (zones == 3),
+        core_mask=tissue & (zones == 3), aif_concentration=aif_conc, relaxivity=relaxivity,
+        haematocrit=haematocrit, design=d, snr=snr, seed=seed if isinstance(seed, int) else None)
