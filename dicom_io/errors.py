@@ -91,3 +91,7 @@ class FrameOfReferenceMismatchError(DicomIOError):
 
 class CsaHeaderError(DicomIOError):
     """A Siemens CSA header (private tag (0029,xx10)/(0029,xx20)) is malformed or in an unknown format."""
+
+
+class WriterError(DicomIOError):
+    """A DICOM output cannot be built from the arguments given; nothing was written."""
