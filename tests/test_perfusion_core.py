@@ -333,3 +333,39 @@ def test_tmax_hypoperfusion_auc_on_phantom(phantom_result) -> None:
     inside = maps.mask & phantom.tissue_mask
     assert metrics.roc_auc(maps.tmax, phantom.hypoperfusion_mask, inside) > 0.97
     assert metrics.hd95(report.hypoperfusion_mask, phantom.hypoperfusion_mask, phantom.spacing_mm) < 10.0
+
+
+# --------------------------------------------------------------------------- phantom as DICOM
+
+
+def test_stroke_phantom_written_as_dicom_reads_back(tmp_path) -> None:
+    import json
+
+    from pydicom import dcmread
+
+    from dicom_io.reader import read_dynamic_series
+    from inference.perfusion.phantom_dicom import PIXEL_SCALE, SERIES_DESCRIPTION, write_stroke_phantom
+
+    timing = AcquisitionTiming(n_timepoints=50)
+    out = write_stroke_phantom(tmp_path / "study", seed=1, snr=50, timing=timing,
+                               design=StrokePhantomDesign(n_slices=3))
+    files = sorted((out / "DSC").glob("*.dcm"))
+    assert len(files) == 50 * 3
+    ds = dcmread(files[0])
+    assert ds.Modality == "MR" and ds.SeriesDescription == SERIES_DESCRIPTION
+    assert list(ds.ImageType) == ["ORIGINAL", "PRIMARY", "M", "ND"]
+    assert float(ds.EchoTime) == 30 and float(ds.RepetitionTime) == 1500 and ds.NumberOfTemporalPositions == 50
+    assert ds.BitsAllocated == 16 and ds.PixelRepresentation == 0 and "RescaleSlope" not in ds
+    volume = read_dynamic_series(files)
+    assert volume.shape == (50, 3, 128, 128)
+    assert np.allclose(np.diff(volume.times_s), 1.5, atol=1e-3)
+    assert volume.echo_time_s == pytest.approx(0.03)
+    dr2s = signal_to_delta_r2star(volume.array / PIXEL_SCALE, volume.echo_time_s)
+    assert dr2s.bolus.baseline_stop <= 11
+    truth = np.load(out / "ground_truth.npz")
+    assert truth["cbf"].shape == (3, 128, 128) and truth["hypoperfusion_mask"].any()
+    csf = volume.array[0][truth["labels"] == 3] / PIXEL_SCALE  # same (z, y, x) order as the truth
+    assert np.median(csf) == pytest.approx(150, rel=0.05)
+    summary = json.loads((out / "ground_truth.json").read_text())
+    assert summary["lesion_truth"]["defuse3_eligible"] in (True, False)
+    assert summary["relaxivity_per_s_per_mM"]["tissue_to_artery_ratio"] > 1
