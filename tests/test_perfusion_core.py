@@ -26,11 +26,9 @@ from inference.perfusion.lesions import Defuse3Criteria, segment_lesions
 from inference.perfusion.signal import detect_bolus, signal_to_delta_r2star
 from inference.perfusion.simulation import (
     AcquisitionTiming,
-    GammaVariateAIF,
     StrokePhantomDesign,
     TissueParameters,
     add_rician_noise,
-    calibrate_relaxivity,
     make_stroke_phantom,
     parameter_grid,
     residue_function,
@@ -132,12 +130,12 @@ def test_noise_free_cbf_bias_is_the_known_underestimate() -> None:
 
 def test_cbv_noise_free_and_within_osipi_tolerance_at_snr_20() -> None:
     params = parameter_grid(cbf=(20, 40, 60), cbv=(2, 4, 6), delay_s=(0.0, 3.0))
-    sim, maps = _maps(params, "oSVD")
+    _, maps = _maps(params, "oSVD")
     short = params.mtt_s <= 12  # longer MTT: the curve's tail is cut off by the end of the acquisition
     assert np.allclose(maps.cbv[short], params.cbv[short], rtol=0.01)
     reps = TissueParameters(*(np.repeat(getattr(params, n)[..., None], 40, axis=-1)
                               for n in ("cbf", "cbv", "delay_s", "dispersion_s")))
-    sim, noisy = _maps(reps, "oSVD", snr=20, seed=7)
+    _sim, noisy = _maps(reps, "oSVD", snr=20, seed=7)
     within = np.abs(noisy.cbv - reps.cbv) <= 1.0 + 0.1 * reps.cbv
     assert within.mean() > 0.95
     assert np.allclose(np.median(noisy.cbv, axis=-1), params.cbv, rtol=0.05, atol=0.1)
@@ -344,7 +342,11 @@ def test_stroke_phantom_written_as_dicom_reads_back(tmp_path) -> None:
     from pydicom import dcmread
 
     from dicom_io.reader import read_dynamic_series
-    from inference.perfusion.phantom_dicom import PIXEL_SCALE, SERIES_DESCRIPTION, write_stroke_phantom
+    from inference.perfusion.phantom_dicom import (
+        PIXEL_SCALE,
+        SERIES_DESCRIPTION,
+        write_stroke_phantom,
+    )
 
     timing = AcquisitionTiming(n_timepoints=50)
     out = write_stroke_phantom(tmp_path / "study", seed=1, snr=50, timing=timing,

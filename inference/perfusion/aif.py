@@ -128,13 +128,13 @@ class ArterialInputFunction:
     def summary(self) -> dict[str, Any]:
         """JSON-ready description (locations as index lists) for reports and SR content."""
         return {
-            "n_voxels": int(len(self.voxels)), "voxels": self.voxels.tolist(),
+            "n_voxels": len(self.voxels), "voxels": self.voxels.tolist(),
             "quality": self.quality, "quality_terms": self.quality_terms,
             "peak_delta_r2star_per_s": self.peak, "time_to_peak_s": self.time_to_peak_s,
             "fwhm_s": self.fwhm_s, "n_candidates": self.n_candidates, "cluster_size": self.cluster_size,
             "vof_scale": self.vof_scale,
             "vof": None if self.vof is None else {
-                "n_voxels": int(len(self.vof.voxels)), "voxels": self.vof.voxels.tolist(),
+                "n_voxels": len(self.vof.voxels), "voxels": self.vof.voxels.tolist(),
                 "time_to_peak_s": self.vof.time_to_peak_s,
                 "large_vein_voxels": int(self.vof.large_vein_mask.sum())},
         }
@@ -190,7 +190,7 @@ def select_aif(delta_r2s: np.ndarray, times_s: np.ndarray, mask: np.ndarray, *, 
     curves = delta_r2s.reshape(n_t, -1)[:, index].T.astype(np.float64)
     times = np.asarray(times_s, np.float64)
     f = curve_features(curves, times)
-    n_top = max(20, int(round(candidate_fraction * index.size)))
+    n_top = max(20, round(candidate_fraction * index.size))
     top = np.argsort(f.peak)[::-1][:n_top]
     top = top[f.peak[top] > 0]
     if top.size < 5:

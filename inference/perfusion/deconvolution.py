@@ -48,7 +48,7 @@ from typing import TYPE_CHECKING, ClassVar, Literal
 import numpy as np
 
 from inference.perfusion.errors import NoArterialInputError, TooFewTimePointsError
-from inference.perfusion.physiology import HaematocritCorrection
+from inference.perfusion.physiology import DEFAULT_HAEMATOCRIT, HaematocritCorrection
 
 if TYPE_CHECKING:
     from inference.perfusion.aif import ArterialInputFunction
@@ -212,7 +212,7 @@ def _peak_time(residue: np.ndarray, dt: float, n_acquired: int, circulant: bool)
 def deconvolve(tissue: np.ndarray, aif: np.ndarray, tr_s: float, method: Method = "oSVD", *,
                mask: np.ndarray | None = None, threshold: float | None = None,
                oi_limit: float = DEFAULT_OI_LIMIT, threshold_ladder: Sequence[float] = DEFAULT_THRESHOLD_LADDER,
-               haematocrit: HaematocritCorrection = HaematocritCorrection(),
+               haematocrit: HaematocritCorrection = DEFAULT_HAEMATOCRIT,
                tissue_to_artery_relaxivity: float = 1.0, aif_info: ArterialInputFunction | None = None,
                chunk_voxels: int = _CHUNK) -> PerfusionMaps:
     """CBF, CBV, MTT and Tmax from tissue curves ``(t, ...)`` and an AIF ``(t,)`` sampled every ``tr_s``.

@@ -87,7 +87,7 @@ def volume_ml(mask: np.ndarray, spacing_mm: Sequence[float]) -> float:
 def remove_small_components(mask: np.ndarray, spacing_mm: Sequence[float], min_ml: float) -> np.ndarray:
     """The mask without 6-connected components smaller than ``min_ml``."""
     mask = np.asarray(mask, bool)
-    min_voxels = int(math.ceil(min_ml / voxel_volume_ml(spacing_mm))) if min_ml > 0 else 0
+    min_voxels = math.ceil(min_ml / voxel_volume_ml(spacing_mm)) if min_ml > 0 else 0
     if min_voxels <= 1 or not mask.any():
         return mask.copy()
     labels = sitk.ConnectedComponent(sitk.GetImageFromArray(mask.astype(np.uint8)), False)

@@ -40,6 +40,8 @@ SERIES_DESCRIPTION = "ep2d_perf DSC"
 #: Stored value = round(signal × PIXEL_SCALE): S0 ≈ 100 becomes ≈ 2000.
 PIXEL_SCALE = 20.0
 _STUDY_START = datetime(2024, 1, 15, 10, 0, 0)
+DEFAULT_DESIGN = StrokePhantomDesign()
+DEFAULT_TIMING = AcquisitionTiming()
 
 
 def _uid(seed: int | None, name: str) -> str:
@@ -53,7 +55,7 @@ def _tm(moment: datetime) -> str:
 def _series_template(phantom: StrokePhantom, seed: int | None) -> Dataset:
     """Attributes shared by every image of the series."""
     timing = phantom.timing
-    nz, ny, nx = phantom.labels.shape
+    _nz, ny, nx = phantom.labels.shape
     ds = Dataset()
     ds.SOPClassUID = MRImageStorage
     ds.Modality = "MR"
@@ -151,8 +153,8 @@ def _json_ready(value: object) -> object:
 
 
 def write_stroke_phantom(out_dir: str | Path, seed: int = 0, snr: float | None = 50.0, *,
-                         design: StrokePhantomDesign = StrokePhantomDesign(),
-                         timing: AcquisitionTiming = AcquisitionTiming()) -> Path:
+                         design: StrokePhantomDesign = DEFAULT_DESIGN,
+                         timing: AcquisitionTiming = DEFAULT_TIMING) -> Path:
     """Simulate the stroke phantom and write it as a DICOM study with its ground truth; returns ``out_dir``.
 
     Layout: ``out_dir/DSC/IM_*.dcm``, ``out_dir/ground_truth.npz``, ``out_dir/ground_truth.json``.

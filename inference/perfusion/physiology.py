@@ -77,5 +77,8 @@ class Relaxivity:
         return self.tissue / self.artery
 
 
+#: Typical adult values (Hct 0.45 / 0.25, ρ 1.04 g/ml).
+DEFAULT_HAEMATOCRIT = HaematocritCorrection()
+
 #: The default: one κ for blood and tissue (uncalibrated in vivo data).
 UNIT_RELAXIVITY = Relaxivity(artery=1.0, tissue=1.0)

@@ -43,7 +43,11 @@ from typing import Literal
 
 import numpy as np
 
-from inference.perfusion.physiology import HaematocritCorrection, Relaxivity
+from inference.perfusion.physiology import (
+    DEFAULT_HAEMATOCRIT,
+    HaematocritCorrection,
+    Relaxivity,
+)
 
 ResidueKind = Literal["exponential", "gamma", "box", "linear"]
 Seed = int | np.random.Generator | None
@@ -297,7 +301,7 @@ def _fft_length(n: int) -> int:
 def _fine_grid(timing: AcquisitionTiming, delays: np.ndarray) -> np.ndarray:
     """Fine grid from 0 long enough for the acquisition and the earliest-arriving (negative-delay) tissue."""
     lead = max(0.0, -float(np.min(delays, initial=0.0)))
-    n = int(math.ceil((timing.duration_s + lead) / timing.fine_dt_s)) + 2
+    n = math.ceil((timing.duration_s + lead) / timing.fine_dt_s) + 2
     return np.arange(n) * timing.fine_dt_s
 
 
@@ -323,7 +327,7 @@ def _tissue_kernels(mtt: np.ndarray, dispersion: np.ndarray, fine_t: np.ndarray,
 
 def tissue_concentration(params: TissueParameters, timing: AcquisitionTiming, aif: GammaVariateAIF, *,
                          residue: ResidueKind = "exponential", gamma_lambda: float = 5.0,
-                         haematocrit: HaematocritCorrection = HaematocritCorrection(),
+                         haematocrit: HaematocritCorrection = DEFAULT_HAEMATOCRIT,
                          tmax_target_s: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Noise-free tissue concentration sampled at TR, shape ``(t,) + params.shape``, and true Tmax.
 
@@ -386,14 +390,14 @@ def delayed_dispersed_aif(aif: GammaVariateAIF, timing: AcquisitionTiming, delay
 def calibrate_relaxivity(aif: GammaVariateAIF, timing: AcquisitionTiming, *,
                          aif_peak_signal_fraction: float = 0.4, grey_matter_signal_drop: float = 0.4,
                          grey_matter_cbf: float = 60.0, grey_matter_cbv: float = 4.0,
-                         haematocrit: HaematocritCorrection = HaematocritCorrection()) -> Relaxivity:
+                         haematocrit: HaematocritCorrection = DEFAULT_HAEMATOCRIT) -> Relaxivity:
     """κ for blood and tissue per the recipe: AIF peak → 0.4·S0; GM (CBV 4, CBF 60) drops 40 %.
 
     Peaks are taken on the fine grid with an exponential residue and no delay,
     so κ does not depend on TR or on the residue chosen for a simulation.
     """
     fine = AcquisitionTiming(tr_s=timing.fine_dt_s, te_s=timing.te_s,
-                             n_timepoints=int(round(timing.duration_s / timing.fine_dt_s)) + 1,
+                             n_timepoints=round(timing.duration_s / timing.fine_dt_s) + 1,
                              baseline_frames=0, fine_dt_s=timing.fine_dt_s)
     aif_peak = float(np.max(aif.concentration(fine.times_s)))
     gm, _ = tissue_concentration(TissueParameters(np.array([grey_matter_cbf]), np.array([grey_matter_cbv])),
@@ -454,7 +458,7 @@ def simulate_dsc(params: TissueParameters, *, timing: AcquisitionTiming = Acquis
                  aif: GammaVariateAIF | None = None, residue: ResidueKind = "exponential",
                  gamma_lambda: float = 5.0, snr: float | None = None, seed: Seed = None,
                  relaxivity: Relaxivity | None = None,
-                 haematocrit: HaematocritCorrection = HaematocritCorrection()) -> DSCSimulation:
+                 haematocrit: HaematocritCorrection = DEFAULT_HAEMATOCRIT) -> DSCSimulation:
     """Simulate DSC signal curves for every voxel of ``params`` (noise-free when ``snr`` is None).
 
     The AIF defaults to a gamma variate starting ``timing.baseline_frames``
@@ -566,7 +570,11 @@ class StrokePhantom:
 
     def lesion_truth(self) -> dict[str, float | bool]:
         """True volumes (ml), mismatch, HIR and the DEFUSE 3 decision with default criteria."""
-        from inference.perfusion.lesions import Defuse3Criteria, mismatch_ratio, volume_ml
+        from inference.perfusion.lesions import (
+            Defuse3Criteria,
+            mismatch_ratio,
+            volume_ml,
+        )
 
         hypo = volume_ml(self.hypoperfusion_mask, self.spacing_mm)
         severe = volume_ml(self.severe_mask, self.spacing_mm)
@@ -612,11 +620,11 @@ def _phantom_geometry(d: StrokePhantomDesign) -> tuple[np.ndarray, np.ndarray]:
     labels[np.broadcast_to(ventricles | fissure, shape) & brain] = 3
     # Arteries (unaffected side): an MCA trunk 2×2 pixels in the lowest three slices with a
     # partial-volume ring, and the two ACAs beside the midline in the lowest five slices.
-    cx, cy = int(round((nx - 1) / 2 - 30.0 / d.pixel_mm)), int(round((ny - 1) / 2 - 6.0 / d.pixel_mm))
+    cx, cy = round((nx - 1) / 2 - 30.0 / d.pixel_mm), round((ny - 1) / 2 - 6.0 / d.pixel_mm)
     for k in range(min(3, nz)):
         labels[k, cy - 2: cy + 2, cx - 2: cx + 2] = 5
         labels[k, cy - 1: cy + 1, cx - 1: cx + 1] = 4
-    aca_row = int(round((ny - 1) / 2 - 30.0 / d.pixel_mm))
+    aca_row = round((ny - 1) / 2 - 30.0 / d.pixel_mm)
     labels[: min(5, nz), aca_row, nx // 2 - 1: nx // 2 + 1] = 4
     # Superior sagittal sinus: 4 pixels wide at the posterior midline, in every slice.
     sinus = (np.abs(x) < 2.5 * d.pixel_mm) & (y < -ay + 4.0) & brain
@@ -637,7 +645,7 @@ def make_stroke_phantom(seed: int | None = 0, snr: float | None = 50.0, *,
                         design: StrokePhantomDesign = StrokePhantomDesign(),
                         timing: AcquisitionTiming = AcquisitionTiming(),
                         aif: GammaVariateAIF | None = None,
-                        haematocrit: HaematocritCorrection = HaematocritCorrection()) -> StrokePhantom:
+                        haematocrit: HaematocritCorrection = DEFAULT_HAEMATOCRIT) -> StrokePhantom:
     """Simulate the stroke slab: brain-like ellipses with GM/WM, CSF, vessels and a one-sided lesion.
 
     The +x hemisphere holds nested ellipsoidal zones (oligaemia ⊃ penumbra ⊃
