@@ -19,6 +19,7 @@ says how each was thresholded.
 from __future__ import annotations
 
 import logging
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
@@ -27,7 +28,7 @@ import numpy as np
 from pydicom.dataset import Dataset
 from pydicom.sr.codedict import codes
 from pydicom.sr.coding import Code
-from pydicom.uid import UID, generate_uid
+from pydicom.uid import generate_uid
 
 from dicom_io.errors import WriterError
 from dicom_io.identity import AlgorithmInfo, NodeIdentity, copy_patient_and_study, fit_lo
@@ -75,7 +76,7 @@ class SegmentSpec:
             raise WriterError(f"Segment {self.label!r}: anatomic_region must be a coded concept")
         if self.tracking_id is not None and (not self.tracking_id.strip() or len(self.tracking_id) > _LABEL_MAX):
             raise WriterError(f"Segment {self.label!r}: tracking_id must be 1 to {_LABEL_MAX} characters")
-        if self.tracking_uid is not None and not UID(self.tracking_uid).is_valid:
+        if self.tracking_uid is not None and not _is_uid(self.tracking_uid):
             raise WriterError(f"Segment {self.label!r}: tracking_uid {self.tracking_uid!r} is not a valid UID")
         if self.colour is not None and (
             len(self.colour) != 3 or any(not 0 <= int(c) <= 255 for c in self.colour)
@@ -259,6 +260,10 @@ def write_segmentation(
     return SegmentationWriter(node).write(
         source_images, masks, algorithm, series_number, series_description, **kwargs  # type: ignore[arg-type]
     )
+
+
+def _is_uid(value: object) -> bool:
+    return isinstance(value, str) and len(value) <= 64 and re.fullmatch(r"(0|[1-9][0-9]*)(\.(0|[1-9][0-9]*))*", value) is not None
 
 
 def _as_binary(mask: np.ndarray, label: str) -> np.ndarray:

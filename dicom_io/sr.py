@@ -1,0 +1,386 @@
+"""TID 1500 Measurement Reports (Comprehensive SR) of the numbers pipelines produce.
+
+One measurement group (TID 1411, volumetric ROI) per tracked SEG segment,
+carrying that segment's tracking identifier and UID, a reference to the
+segment and the source images it lies on, and:
+
+* volumes (ml), diameters (mm) and other scalars (mismatch volume and ratio,
+  hypoperfusion intensity ratio) as numeric measurements, each referencing
+  the source images it was measured on;
+* qualitative findings as coded values, their probability as a numeric
+  measurement (unit "1") in the same group: TID 1500 qualitative
+  evaluations take codes only.
+
+The algorithm is recorded as the observer device and, per group and per
+measurement, as TID 4019 Algorithm Identification. Every instance the
+content references (source images, the SEG, any extra evidence) is listed as
+evidence; highdicom refuses a report whose references are not.
+
+Codes: volume SCT 118565006, diameter SCT 81827009 (or long/short axis),
+mismatch ratio DCM 113288 "Volume Ratio", probability DCM 122157. Mismatch
+volume and hypoperfusion intensity ratio have no standard concept; they use
+the private coding scheme ``99PACSNODE`` (declared in the Coding Scheme
+Identification Sequence), as PS3.16 allows for local codes.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import highdicom as hd
+import numpy as np
+from pydicom.dataset import Dataset
+from pydicom.sr.codedict import codes
+from pydicom.sr.coding import Code
+from pydicom.uid import SegmentationStorage, generate_uid
+
+from dicom_io.errors import WriterError
+from dicom_io.identity import AlgorithmInfo, NodeIdentity, copy_patient_and_study
+from dicom_io.source_images import check_series_description, check_series_number, check_source_series
+
+logger = logging.getLogger(__name__)
+
+#: Coding scheme of pacsnode's own concepts (the "99" prefix marks a private scheme).
+PRIVATE_SCHEME = "99PACSNODE"
+MISMATCH_VOLUME = Code("PN-0001", PRIVATE_SCHEME, "Perfusion mismatch volume")
+HYPOPERFUSION_INTENSITY_RATIO = Code("PN-0002", PRIVATE_SCHEME, "Hypoperfusion intensity ratio")
+#: DCM 113288 "Volume Ratio": hypoperfused volume / core volume.
+MISMATCH_RATIO = codes.DCM.VolumeRatio
+PROBABILITY = codes.DCM.Probability
+
+MILLILITRE = Code("ml", "UCUM", "milliliter")
+MILLIMETRE = codes.UCUM.Millimeter
+RATIO = codes.UCUM.Ratio
+NO_UNITS = codes.UCUM.NoUnits
+
+
+@dataclass(frozen=True)
+class VolumeMeasurement:
+    """Volume of the segment in millilitres."""
+
+    value_ml: float
+    name: Code = codes.SCT.Volume
+
+    def __post_init__(self) -> None:
+        self.to_measurement()
+
+    def to_measurement(self) -> tuple[Code, float, Code]:
+        _check_number(self.value_ml, f"{self.name.meaning} (ml)", minimum=0.0)
+        return self.name, float(self.value_ml), MILLILITRE
+
+
+@dataclass(frozen=True)
+class DiameterMeasurement:
+    """A diameter of the segment in millimetres (``name``: Diameter, or SCT Long axis / Short axis)."""
+
+    value_mm: float
+    name: Code = codes.SCT.Diameter
+
+    def __post_init__(self) -> None:
+        self.to_measurement()
+
+    def to_measurement(self) -> tuple[Code, float, Code]:
+        _check_number(self.value_mm, f"{self.name.meaning} (mm)", minimum=0.0)
+        return self.name, float(self.value_mm), MILLIMETRE
+
+
+@dataclass(frozen=True)
+class ScalarMeasurement:
+    """Any other numeric measurement: a coded concept, a value and a UCUM unit."""
+
+    name: Code
+    value: float
+    unit: Code
+
+    def __post_init__(self) -> None:
+        self.to_measurement()
+
+    def to_measurement(self) -> tuple[Code, float, Code]:
+        if not isinstance(self.name, (Code, hd.sr.CodedConcept)) or not isinstance(self.unit, (Code, hd.sr.CodedConcept)):
+            raise WriterError(f"ScalarMeasurement needs coded name and unit, got {self.name!r} / {self.unit!r}")
+        _check_number(self.value, self.name.meaning)
+        return self.name, float(self.value), self.unit
+
+
+def mismatch_volume(value_ml: float) -> ScalarMeasurement:
+    """Hypoperfused volume minus core volume (ml)."""
+    _check_number(value_ml, "Mismatch volume", minimum=0.0)
+    return ScalarMeasurement(MISMATCH_VOLUME, value_ml, MILLILITRE)
+
+
+def mismatch_ratio(ratio: float) -> ScalarMeasurement:
+    """Hypoperfused volume divided by core volume."""
+    _check_number(ratio, "Mismatch ratio", minimum=0.0)
+    return ScalarMeasurement(MISMATCH_RATIO, ratio, RATIO)
+
+
+def hypoperfusion_intensity_ratio(ratio: float) -> ScalarMeasurement:
+    """Volume with Tmax > 10 s divided by volume with Tmax > 6 s."""
+    _check_number(ratio, "Hypoperfusion intensity ratio", minimum=0.0, maximum=1.0)
+    return ScalarMeasurement(HYPOPERFUSION_INTENSITY_RATIO, ratio, RATIO)
+
+
+@dataclass(frozen=True)
+class CodedFinding:
+    """A qualitative finding: a coded class (``code``) with the classifier's ``probability`` (0-1).
+
+    ``name`` is the question the code answers: default DCM 111023
+    "Differential Diagnosis/Impression". (DCM 121071 "Finding" would clash
+    with the group's own Finding item, and readers would not find it.)
+    """
+
+    code: Code
+    probability: float | None = None
+    name: Code = codes.DCM.DifferentialDiagnosisImpression
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.code, (Code, hd.sr.CodedConcept)) or not isinstance(self.name, (Code, hd.sr.CodedConcept)):
+            raise WriterError(f"CodedFinding needs coded code and name, got {self.code!r} / {self.name!r}")
+        if self.probability is not None:
+            _check_number(self.probability, f"Probability of {self.code.meaning}", 0.0, 1.0)
+
+
+Measurement = VolumeMeasurement | DiameterMeasurement | ScalarMeasurement
+
+
+@dataclass(frozen=True)
+class SegmentFindings:
+    """Everything reported about one SEG segment; becomes one TID 1411 measurement group.
+
+    ``finding_type`` defaults to the segment's Segmented Property Type and
+    ``finding_site`` to its anatomic region, as written in the SEG.
+    """
+
+    segment_number: int
+    measurements: Sequence[Measurement] = ()
+    findings: Sequence[CodedFinding] = ()
+    finding_type: Code | None = None
+    finding_site: Code | None = None
+
+    def __post_init__(self) -> None:
+        if isinstance(self.segment_number, bool) or not isinstance(self.segment_number, (int, np.integer)) \
+                or self.segment_number < 1:
+            raise WriterError(f"segment_number must be a positive int, got {self.segment_number!r}")
+
+
+class MeasurementReportWriter:
+    """Builds TID 1500 Comprehensive SR measurement reports for one node identity."""
+
+    def __init__(self, node: NodeIdentity | None = None) -> None:
+        self.node = node or NodeIdentity()
+
+    def write(
+        self,
+        source_images: Sequence[Dataset],
+        segmentation: Dataset,
+        groups: Sequence[SegmentFindings],
+        algorithm: AlgorithmInfo,
+        series_number: int,
+        series_description: str | None = None,
+        *,
+        procedure_reported: Code = codes.SCT.ImagingProcedure,
+        extra_evidence: Sequence[Dataset] = (),
+        instance_number: int = 1,
+    ) -> hd.sr.ComprehensiveSR:
+        """A measurement report with one group per entry of ``groups``, in order.
+
+        ``segmentation`` is the SEG (as written by
+        :class:`~dicom_io.seg.SegmentationWriter`) whose segments the groups
+        refer to; it must derive from ``source_images``. ``extra_evidence``
+        lists further instances to record as evidence (e.g. the Parametric
+        Maps the thresholds were applied to).
+        """
+        source = check_source_series(source_images)
+        series_number = check_series_number(series_number)
+        if not isinstance(algorithm, AlgorithmInfo):
+            raise WriterError(f"algorithm must be an AlgorithmInfo, got {type(algorithm).__name__}")
+        series_description = check_series_description(
+            series_description or f"Measurements ({algorithm.name})"
+        )
+        seg = _check_segmentation(segmentation, source.first)
+        if not groups:
+            raise WriterError("A measurement report needs at least one SegmentFindings group")
+
+        segment_frames = _frames_by_segment(seg)
+        by_uid = {ds.SOPInstanceUID: ds for ds in source.images}
+        seen: set[int] = set()
+        measurement_groups = []
+        for group in groups:
+            if not isinstance(group, SegmentFindings):
+                raise WriterError(f"groups must hold SegmentFindings, got {type(group).__name__}")
+            if group.segment_number in seen:
+                raise WriterError(f"Segment {group.segment_number} has two measurement groups; merge them")
+            seen.add(group.segment_number)
+            if group.segment_number not in segment_frames:
+                raise WriterError(
+                    f"Segment {group.segment_number} is not in the SEG (segments "
+                    f"{sorted(segment_frames)}); the report can only refer to written segments"
+                )
+            measurement_groups.append(
+                self._group(seg, group, algorithm, segment_frames[group.segment_number], by_uid, source.images)
+            )
+
+        observer = hd.sr.ObserverContext(
+            observer_type=codes.DCM.Device,
+            observer_identifying_attributes=hd.sr.DeviceObserverIdentifyingAttributes(
+                uid=algorithm.device_uid(),
+                name=algorithm.name,
+                manufacturer_name=self.node.manufacturer,
+                model_name=algorithm.label,
+            ),
+        )
+        try:
+            report = hd.sr.MeasurementReport(
+                observation_context=hd.sr.ObservationContext(observer_device_context=observer),
+                procedure_reported=procedure_reported,
+                imaging_measurements=measurement_groups,
+                title=codes.DCM.ImagingMeasurementReport,
+                referenced_images=list(source.images),
+            )
+            evidence = [*source.images, seg, *extra_evidence]
+            sr = hd.sr.ComprehensiveSR(
+                evidence=evidence,
+                content=report,
+                series_instance_uid=generate_uid(),
+                series_number=series_number,
+                sop_instance_uid=generate_uid(),
+                instance_number=instance_number,
+                is_complete=True,
+                is_final=False,
+                is_verified=False,
+                series_description=series_description,
+                coding_schemes=[
+                    hd.coding_schemes.CodingSchemeIdentificationItem(
+                        designator=PRIVATE_SCHEME, name="pacsnode local codes",
+                        responsible_organization="pacsnode project",
+                    )
+                ],
+                **self.node.equipment_kwargs(algorithm),
+            )
+        except (ValueError, TypeError, AttributeError) as exc:
+            raise WriterError(f"{source.label}: highdicom refused the measurement report: {exc}") from exc
+        copy_patient_and_study(source.first, sr)
+        logger.info("Built measurement report %r (series %d): %d groups", series_description, series_number,
+                    len(measurement_groups))
+        return sr
+
+    def _group(self, seg: hd.seg.Segmentation, group: SegmentFindings, algorithm: AlgorithmInfo,
+               frames: list[tuple[int, str, bool]], by_uid: dict[str, Dataset],
+               images: Sequence[Dataset]) -> hd.sr.VolumetricROIMeasurementsAndQualitativeEvaluations:
+        description = seg.get_segment_description(group.segment_number)
+        tracking = hd.sr.TrackingIdentifier(
+            uid=str(description.tracking_uid) if description.tracking_uid else generate_uid(),
+            identifier=description.tracking_id or description.segment_label,
+        )
+        # The source images the segment lies on; all of its frames' sources when it is empty.
+        on = [uid for _, uid, nonempty in frames if nonempty] or [uid for _, uid, _ in frames]
+        unknown = [uid for uid in on if uid not in by_uid]
+        if unknown:
+            raise WriterError(f"The SEG refers to source images not given as source_images: {unknown[:3]}")
+        measured_on = [hd.sr.SourceImageForMeasurement.from_source_image(by_uid[uid]) for uid in dict.fromkeys(on)]
+        referenced_segment = hd.sr.ReferencedSegment(
+            sop_class_uid=seg.SOPClassUID,
+            sop_instance_uid=seg.SOPInstanceUID,
+            segment_number=group.segment_number,
+            source_images=[hd.sr.SourceImageForSegmentation.from_source_image(by_uid[uid])
+                           for uid in dict.fromkeys(on)],
+        )
+        algorithm_id = algorithm.sr_identification()
+        measurements = []
+        for item in group.measurements:
+            if not isinstance(item, (VolumeMeasurement, DiameterMeasurement, ScalarMeasurement)):
+                raise WriterError(
+                    f"Segment {group.segment_number}: {type(item).__name__} is not a Volume-, Diameter- "
+                    "or ScalarMeasurement"
+                )
+            name, value, unit = item.to_measurement()
+            measurements.append(hd.sr.Measurement(
+                name=name, value=value, unit=unit, algorithm_id=algorithm_id, referenced_images=measured_on,
+            ))
+        evaluations = []
+        with_probability = [f for f in group.findings if f.probability is not None]
+        if len(with_probability) > 1:
+            raise WriterError(
+                f"Segment {group.segment_number}: more than one coded finding has a probability; "
+                "the probability measurements could not be told apart (report one per segment)"
+            )
+        for finding in group.findings:
+            if isinstance(finding, CodedFinding) and finding.name == codes.DCM.Finding:
+                raise WriterError(
+                    f"Segment {group.segment_number}: a coded finding cannot be named DCM 121071 'Finding'; "
+                    "that concept is the group's finding type (use finding_type for it)"
+                )
+            if not isinstance(finding, CodedFinding) or not isinstance(finding.code, (Code, hd.sr.CodedConcept)):
+                raise WriterError(f"Segment {group.segment_number}: findings must be CodedFinding with a Code")
+            evaluations.append(hd.sr.QualitativeEvaluation(name=finding.name, value=finding.code))
+            if finding.probability is not None:
+                _check_number(finding.probability, f"Probability of {finding.code.meaning}", 0.0, 1.0)
+                measurements.append(hd.sr.Measurement(
+                    name=PROBABILITY, value=float(finding.probability), unit=NO_UNITS,
+                    algorithm_id=algorithm_id, referenced_images=measured_on,
+                ))
+        finding_type = group.finding_type or _plain_code(description.segmented_property_type)
+        site = group.finding_site
+        if site is None and description.anatomic_regions:
+            site = _plain_code(description.anatomic_regions[0])
+        return hd.sr.VolumetricROIMeasurementsAndQualitativeEvaluations(
+            tracking_identifier=tracking,
+            referenced_segment=referenced_segment,
+            finding_type=finding_type,
+            algorithm_id=algorithm_id,
+            finding_sites=[hd.sr.FindingSite(site)] if site is not None else None,
+            measurements=measurements or None,
+            qualitative_evaluations=evaluations or None,
+        )
+
+
+def _plain_code(concept: hd.sr.CodedConcept) -> Code:
+    return Code(concept.value, concept.scheme_designator, concept.meaning)
+
+
+def _check_number(value: float, what: str, minimum: float | None = None, maximum: float | None = None) -> None:
+    if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)):
+        raise WriterError(f"{what} must be a number, got {value!r}")
+    if not math.isfinite(float(value)):
+        raise WriterError(f"{what} must be finite, got {value!r}")
+    if minimum is not None and value < minimum:
+        raise WriterError(f"{what} must be at least {minimum:g}, got {value!r}")
+    if maximum is not None and value > maximum:
+        raise WriterError(f"{what} must be at most {maximum:g}, got {value!r}")
+
+
+def _check_segmentation(segmentation: Dataset, source: Dataset) -> hd.seg.Segmentation:
+    if not isinstance(segmentation, Dataset) or segmentation.get("SOPClassUID") != SegmentationStorage:
+        raise WriterError("segmentation must be a DICOM Segmentation (SEG) dataset")
+    for keyword in ("StudyInstanceUID", "FrameOfReferenceUID"):
+        if segmentation.get(keyword) != source.get(keyword):
+            raise WriterError(f"The SEG and the source images have different {keyword}s")
+    referenced = {item.SeriesInstanceUID for item in segmentation.get("ReferencedSeriesSequence", [])}
+    if source.SeriesInstanceUID not in referenced:
+        raise WriterError("The SEG was not derived from the given source series (ReferencedSeriesSequence)")
+    if isinstance(segmentation, hd.seg.Segmentation):
+        return segmentation
+    try:
+        return hd.seg.Segmentation.from_dataset(segmentation, copy=False)
+    except (ValueError, AttributeError, KeyError) as exc:
+        raise WriterError(f"The SEG cannot be read back by highdicom: {exc}") from exc
+
+
+def _frames_by_segment(seg: Dataset) -> dict[int, list[tuple[int, str, bool]]]:
+    """Segment number -> [(frame number, source SOPInstanceUID, frame has pixels)] from the per-frame groups."""
+    numbers = [int(item.SegmentNumber) for item in seg.SegmentSequence]
+    result: dict[int, list[tuple[int, str, bool]]] = {n: [] for n in numbers}
+    pixels = seg.pixel_array.reshape(int(seg.NumberOfFrames), -1)
+    for index, item in enumerate(seg.PerFrameFunctionalGroupsSequence):
+        number = int(item.SegmentIdentificationSequence[0].ReferencedSegmentNumber)
+        sources = [
+            src.ReferencedSOPInstanceUID
+            for derivation in item.get("DerivationImageSequence", [])
+            for src in derivation.get("SourceImageSequence", [])
+        ]
+        for uid in sources:
+            result.setdefault(number, []).append((index + 1, uid, bool(pixels[index].any())))
+    return result
