@@ -24,8 +24,17 @@ from pydicom.sr.coding import Code
 from pydicom.uid import generate_uid
 
 from dicom_io.errors import WriterError
-from dicom_io.identity import AlgorithmInfo, NodeIdentity, copy_patient_and_study, fit_lo
-from dicom_io.source_images import check_series_description, check_series_number, check_source_series
+from dicom_io.identity import (
+    AlgorithmInfo,
+    NodeIdentity,
+    copy_patient_and_study,
+    fit_lo,
+)
+from dicom_io.source_images import (
+    check_series_description,
+    check_series_number,
+    check_source_series,
+)
 
 logger = logging.getLogger(__name__)
 

@@ -31,7 +31,12 @@ from dicom_io.errors import WriterError
 from dicom_io.identity import AlgorithmInfo, NodeIdentity, copy_patient_and_study
 from dicom_io.pmap import MapParameter
 from dicom_io.seg import SegmentSpec
-from dicom_io.source_images import SourceSeries, check_series_description, check_series_number, check_source_series
+from dicom_io.source_images import (
+    SourceSeries,
+    check_series_description,
+    check_series_number,
+    check_source_series,
+)
 
 logger = logging.getLogger(__name__)
 

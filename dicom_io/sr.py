@@ -39,7 +39,11 @@ from pydicom.uid import SegmentationStorage, generate_uid
 
 from dicom_io.errors import WriterError
 from dicom_io.identity import AlgorithmInfo, NodeIdentity, copy_patient_and_study
-from dicom_io.source_images import check_series_description, check_series_number, check_source_series
+from dicom_io.source_images import (
+    check_series_description,
+    check_series_number,
+    check_source_series,
+)
 
 logger = logging.getLogger(__name__)
 

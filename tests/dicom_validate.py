@@ -61,7 +61,7 @@ def run_dciodvfy(path_or_dataset: str | os.PathLike[str] | Dataset) -> DciodvfyR
     """Run ``dciodvfy -new`` and sort its lines into errors and warnings."""
     binary = _tool("dciodvfy", "dicom3tools")
     with dicom_file(path_or_dataset) as path:
-        result = subprocess.run([binary, "-new", str(path)], capture_output=True, text=True, env=_ENV, timeout=120)
+        result = subprocess.run([binary, "-new", str(path)], capture_output=True, text=True, check=False, env=_ENV, timeout=120)
     output = (result.stdout + result.stderr).strip()
     lines = [line.strip() for line in output.splitlines() if line.strip()]
     errors = tuple(line for line in lines if re.match(r"^(Error|Abort)\b", line))
@@ -98,7 +98,7 @@ def assert_dcmtk_parses(path_or_dataset: str | os.PathLike[str] | Dataset) -> st
     """Fail unless DCMTK's dcmdump reads the whole object without errors; returns the dump."""
     binary = _tool("dcmdump", "dcmtk")
     with dicom_file(path_or_dataset) as path:
-        result = subprocess.run([binary, "-q", "+L", str(path)], capture_output=True, text=True, env=_ENV,
+        result = subprocess.run([binary, "-q", "+L", str(path)], capture_output=True, text=True, check=False, env=_ENV,
                                 timeout=120)
     problems = [line for line in result.stderr.splitlines() if line.startswith(("E:", "F:"))]
     assert result.returncode == 0 and not problems, (
@@ -111,7 +111,7 @@ def assert_dsr2xml_parses(path_or_dataset: str | os.PathLike[str] | Dataset) -> 
     """Fail unless DCMTK's dsr2xml reads the structured report; returns the XML."""
     binary = _tool("dsr2xml", "dcmtk")
     with dicom_file(path_or_dataset) as path:
-        result = subprocess.run([binary, "-q", str(path)], capture_output=True, text=True, env=_ENV, timeout=120)
+        result = subprocess.run([binary, "-q", str(path)], capture_output=True, text=True, check=False, env=_ENV, timeout=120)
     problems = [line for line in result.stderr.splitlines() if line.startswith(("E:", "F:"))]
     assert result.returncode == 0 and not problems and "<report" in result.stdout, (
         f"dsr2xml could not read the structured report (exit {result.returncode}):\n{result.stderr}"

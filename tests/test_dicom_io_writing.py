@@ -17,12 +17,20 @@ import pydicom
 import pytest
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.sr.codedict import codes
-from pydicom.sr.coding import Code
-from pydicom.uid import ExplicitVRLittleEndian, MRImageStorage, generate_uid
+from pydicom.uid import (
+    CTImageStorage,
+    ExplicitVRLittleEndian,
+    MRImageStorage,
+    generate_uid,
+)
 
 from dicom_io import bitmap_font
 from dicom_io.errors import DicomIOError, WriterError
-from dicom_io.identity import AlgorithmInfo, NodeIdentity, copy_patient_and_study, pacsnode_version
+from dicom_io.identity import (
+    AlgorithmInfo,
+    copy_patient_and_study,
+    pacsnode_version,
+)
 from dicom_io.pmap import MapParameter, ParametricMapWriter
 from dicom_io.secondary_capture import RESEARCH_NOTICE, SummaryImageWriter, colour_scale
 from dicom_io.seg import (
@@ -49,7 +57,11 @@ from dicom_io.sr import (
     mismatch_ratio,
     mismatch_volume,
 )
-from tests.dicom_validate import assert_dcmtk_parses, assert_dsr2xml_parses, assert_valid_dicom
+from tests.dicom_validate import (
+    assert_dcmtk_parses,
+    assert_dsr2xml_parses,
+    assert_valid_dicom,
+)
 
 SLICES, ROWS, COLUMNS = 8, 64, 64
 #: Summary images of a 64x64 series: enlarged 6x (to 384 px), text at scale 2 in a 22-row header strip.
@@ -112,6 +124,21 @@ def make_mr_series(slices: int = SLICES, rows: int = ROWS, columns: int = COLUMN
         ds.PixelData = (200 + 1500 * head + 10 * z).astype(np.uint16).tobytes()
         ds.WindowCenter, ds.WindowWidth = 900, 1800
         images.append(ds)
+    return images
+
+
+def make_ct_series(slices: int = 6) -> list[Dataset]:
+    """An abdominal CT series (HU via RescaleIntercept -1024) built from the MR fixture."""
+    images = make_mr_series(slices)
+    for ds in images:
+        for keyword in ("ScanningSequence", "SequenceVariant", "ScanOptions", "MRAcquisitionType", "EchoTime",
+                        "RepetitionTime", "EchoTrainLength", "MagneticFieldStrength"):
+            del ds[keyword]
+        ds.SOPClassUID = ds.file_meta.MediaStorageSOPClassUID = CTImageStorage
+        ds.Modality, ds.ImageType, ds.KVP = "CT", ["ORIGINAL", "PRIMARY", "AXIAL"], 120
+        ds.RescaleIntercept, ds.RescaleSlope, ds.RescaleType = -1024, 1, "HU"
+        ds.WindowCenter, ds.WindowWidth = 40, 400
+        ds.StudyDescription, ds.BodyPartExamined = "CT Abdomen", "ABDOMEN"
     return images
 
 
@@ -340,6 +367,21 @@ def test_seg_omits_empty_frames_only_when_size_forbids(
     assert int(seg.NumberOfFrames) == non_empty < SLICES * len(liver_masks)
 
 
+def test_outputs_of_a_ct_series_are_valid(algorithm: AlgorithmInfo, tmp_path: Path) -> None:
+    ct = make_ct_series()
+    shape = (len(ct), ROWS, COLUMNS)
+    masks = {liver_segment(): ball(shape, (2.5, 30, 30), 18), tumour_segment(): ball(shape, (2.5, 28, 28), 4)}
+    seg = SegmentationWriter().write(ct, masks, algorithm, 300, "Liver and tumours (AI)")
+    sr = MeasurementReportWriter().write(ct, seg, [SegmentFindings(2, [VolumeMeasurement(0.3)], [
+        CodedFinding(codes.SCT.Metastasis, 0.7)])], algorithm, 302)
+    overlay = SummaryImageWriter().write_mask_overlay(ct, masks, algorithm, 501)
+    for name, ds, iod in (("seg", seg, "Segmentation"), ("sr", sr, "ComprehensiveSR"), ("sc", overlay[2], "SCImage")):
+        path, back = reread(ds, tmp_path, f"ct-{name}")
+        assert_valid_dicom(path, expected_iod=iod)
+        assert back.StudyDescription == "CT Abdomen"
+    assert overlay[2].BodyPartExamined == "ABDOMEN"
+
+
 def _unsorted(images: list[Dataset]) -> list[Dataset]:
     return [images[1], images[0], *images[2:]]
 
@@ -483,7 +525,7 @@ def _assert_notice_burned_in(pixels: np.ndarray) -> None:
     for scale in (1, 2, 3, 4):
         mask = bitmap_font.text_mask(RESEARCH_NOTICE, scale)
         for top in range(max(0, height - 80), height - mask.shape[0] + 1):
-            for left in range(0, 24):
+            for left in range(24):
                 region = pixels[top:top + mask.shape[0], left:left + mask.shape[1]]
                 if region.shape[:2] != mask.shape:
                     continue
@@ -719,9 +761,9 @@ def test_measurement_report_rejects_bad_groups(
 
 def _dataset_bytes(data: bytes) -> bytes:
     """The encoded data set of a Part 10 file, without preamble and File Meta Information."""
-    from pydicom.filereader import read_preamble, _read_file_meta_info
-
     import io
+
+    from pydicom.filereader import _read_file_meta_info, read_preamble
     stream = io.BytesIO(data)
     read_preamble(stream, False)
     _read_file_meta_info(stream)
