@@ -114,7 +114,7 @@ class ParametricMapWriter:
         if not isinstance(algorithm, AlgorithmInfo):
             raise WriterError(f"algorithm must be an AlgorithmInfo, got {type(algorithm).__name__}")
         if series_description is None:
-            series_description = f"{parameter.short} map ({algorithm.name})"
+            series_description = fit_lo(f"{parameter.short} map ({algorithm.name})")
         series_description = check_series_description(series_description)
         source.check_array(values, f"{parameter.short} map")
         if not np.issubdtype(values.dtype, np.floating):

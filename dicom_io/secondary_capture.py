@@ -250,6 +250,10 @@ class SummaryImageWriter:
             + f" drawn over the source slice by pacsnode {self.node.software_version}. {RESEARCH_NOTICE}."
         )
         legend = self._legend(layout, entries, legend_chars)
+        # Title: the algorithm's name, shortened to leave room for the slice counter.
+        room = layout.shape[1] // (CELL_WIDTH * layout.text_scale) - 10
+        title = f"{algorithm.name} segmentation"
+        title = title if len(title) <= room else title[: max(room - 1, 1)] + "~"
         images = []
         for z in range(source.slice_count):
             rgb = _zoom(np.repeat(grey[z][..., None], 3, axis=-1), layout.zoom).astype(np.float32)
@@ -259,7 +263,7 @@ class SummaryImageWriter:
                     continue
                 rgb[big] = (1 - MASK_OPACITY) * rgb[big] + MASK_OPACITY * np.asarray(colour, dtype=np.float32)
                 rgb[_outline(big)] = colour
-            canvas = self._canvas(layout, np.round(rgb).astype(np.uint8), "Segmentation", z, source.slice_count)
+            canvas = self._canvas(layout, np.round(rgb).astype(np.uint8), title, z, source.slice_count)
             canvas[layout.header:layout.header + layout.image_rows, layout.image_columns:] = legend
             images.append(canvas)
         return self._datasets(source, images, layout, algorithm, check_series_number(series_number),

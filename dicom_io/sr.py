@@ -38,7 +38,12 @@ from pydicom.sr.coding import Code
 from pydicom.uid import SegmentationStorage, generate_uid
 
 from dicom_io.errors import WriterError
-from dicom_io.identity import AlgorithmInfo, NodeIdentity, copy_patient_and_study
+from dicom_io.identity import (
+    AlgorithmInfo,
+    NodeIdentity,
+    copy_patient_and_study,
+    fit_lo,
+)
 from dicom_io.source_images import (
     check_series_description,
     check_series_number,
@@ -202,7 +207,7 @@ class MeasurementReportWriter:
         if not isinstance(algorithm, AlgorithmInfo):
             raise WriterError(f"algorithm must be an AlgorithmInfo, got {type(algorithm).__name__}")
         series_description = check_series_description(
-            series_description or f"Measurements ({algorithm.name})"
+            series_description or fit_lo(f"Measurements ({algorithm.name})")
         )
         seg = _check_segmentation(segmentation, source.first)
         if not groups:
@@ -368,7 +373,7 @@ def _check_segmentation(segmentation: Dataset, source: Dataset) -> hd.seg.Segmen
     if isinstance(segmentation, hd.seg.Segmentation):
         return segmentation
     try:
-        return hd.seg.Segmentation.from_dataset(segmentation, copy=False)
+        return hd.seg.Segmentation.from_dataset(segmentation, copy=True)
     except (ValueError, AttributeError, KeyError) as exc:
         raise WriterError(f"The SEG cannot be read back by highdicom: {exc}") from exc
 
