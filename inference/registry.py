@@ -33,8 +33,9 @@ def register_pipeline(cls: type[Pipeline]) -> type[Pipeline]:
 
 def _builtin() -> dict[str, type[Pipeline]]:
     from inference.inventory import StudyInventoryPipeline
+    from inference.perfusion.pipeline import PerfusionPipeline
 
-    return {cls.name: cls for cls in (StudyInventoryPipeline,)}
+    return {cls.name: cls for cls in (StudyInventoryPipeline, PerfusionPipeline)}
 
 
 def available_pipelines() -> dict[str, type[Pipeline]]:

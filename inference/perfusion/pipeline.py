@@ -1,0 +1,169 @@
+"""The ``perfusion`` pipeline: a DSC-MRI series in, perfusion maps, lesion masks and a report out.
+
+DSC series → ΔR2* (automatic baseline and brain mask) → automatic AIF (with
+VOF scaling) → deconvolution (oSVD by default; cSVD, sSVD) → CBF, CBV, MTT,
+Tmax → Tmax > 6 s hypoperfusion, Tmax > 10 s, rCBF < 30 % core, volumes,
+mismatch and the DEFUSE 3 decision → Parametric Maps, a SEG, a TID 1500 SR
+and colour summary images for any viewer. Research use only.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+from pydicom import dcmread
+from pydicom.dataset import Dataset
+
+from dicom_io.errors import DicomIOError
+from dicom_io.identity import AlgorithmInfo
+from dicom_io.pmap import MapParameter, ParametricMapWriter
+from dicom_io.reader import read_dynamic_series
+from dicom_io.secondary_capture import SummaryImageWriter
+from dicom_io.seg import SegmentationWriter, core_segment, hypoperfusion_segment
+from dicom_io.sr import (
+    MeasurementReportWriter,
+    SegmentFindings,
+    VolumeMeasurement,
+    hypoperfusion_intensity_ratio,
+    mismatch_ratio,
+    mismatch_volume,
+)
+from dicom_io.volume import DynamicVolume
+from inference.base import Pipeline, PipelineInputError, SeriesInput, StudyInput
+from inference.perfusion.aif import select_aif
+from inference.perfusion.deconvolution import deconvolve
+from inference.perfusion.lesions import (
+    Defuse3Criteria,
+    LesionThresholds,
+    segment_lesions,
+)
+from inference.perfusion.signal import signal_to_delta_r2star
+
+log = logging.getLogger("pacsnode.perfusion")
+
+METHODS = {"osvd": "oSVD", "csvd": "cSVD", "ssvd": "sSVD"}
+MIN_TIME_POINTS = 10
+
+# Output series numbers: deterministic, so a radiologist finds them in the same place every time.
+SERIES = {"CBF": 9001, "CBV": 9002, "MTT": 9003, "Tmax": 9004, "SEG": 9010, "SR": 9011,
+          "summary_tmax": 9020, "summary_cbf": 9021, "summary_lesions": 9022}
+
+
+def choose_dsc_series(study: StudyInput) -> SeriesInput:
+    """The study's DSC series: the MR series with the most instances (a perfusion run has hundreds)."""
+    candidates = [s for s in study.series if (s.modality or "MR").upper() == "MR" and s.paths]
+    if not candidates:
+        raise PipelineInputError("the study has no MR series; a DSC perfusion series is needed")
+    return max(candidates, key=lambda s: len(s.paths))
+
+
+def read_dsc(series: SeriesInput) -> DynamicVolume:
+    try:
+        volume = read_dynamic_series(series.paths)
+    except DicomIOError as exc:
+        raise PipelineInputError(f"the DSC series cannot be read as a time series: {exc}") from exc
+    if volume.n_times < MIN_TIME_POINTS:
+        raise PipelineInputError(
+            f"series {series.description or series.series_uid!r} has {volume.n_times} time points; "
+            f"DSC perfusion needs at least {MIN_TIME_POINTS}")
+    return volume
+
+
+def _first_frame_datasets(volume: DynamicVolume, series: SeriesInput) -> list[Dataset]:
+    """The source images of the first time point in slice order, for the writers to reference."""
+    wanted = [ref.sop_instance_uid for ref in volume.source_refs[0]]
+    by_uid: dict[str, Dataset] = {}
+    for path in series.paths:
+        header = dcmread(path, stop_before_pixels=True, specific_tags=["SOPInstanceUID"])
+        if str(header.SOPInstanceUID) in wanted:
+            by_uid[str(header.SOPInstanceUID)] = dcmread(path)
+    return [by_uid[uid] for uid in wanted]
+
+
+class PerfusionPipeline(Pipeline):
+    """DSC-MRI brain perfusion for acute stroke (SVD deconvolution)."""
+
+    name = "perfusion"
+    queue = "cpu"
+    version = "0.1"
+    summary = "DSC-MRI perfusion: CBF/CBV/MTT/Tmax maps, Tmax>6 s and core masks, volumes, mismatch (research use)"
+
+    def run(self, study: StudyInput, options: Mapping[str, Any]) -> Sequence[Dataset]:
+        method_key = str(options.get("method", "osvd")).lower()
+        if method_key not in METHODS:
+            raise PipelineInputError(
+                f"perfusion method {method_key!r} is not available; choose one of {sorted(METHODS)}")
+        method = METHODS[method_key]
+        thresholds = LesionThresholds(
+            tmax_hypoperfusion_s=float(options.get("tmax_threshold_s", 6.0)),
+            tmax_severe_s=float(options.get("tmax_severe_s", 10.0)),
+            core_relative_cbf=float(options.get("core_relative_cbf", 0.30)),
+        )
+        criteria = Defuse3Criteria(
+            max_core_ml=float(options.get("defuse3_max_core_ml", 70.0)),
+            min_mismatch_ratio=float(options.get("defuse3_min_ratio", 1.8)),
+            min_mismatch_ml=float(options.get("defuse3_min_mismatch_ml", 15.0)),
+        )
+
+        series = choose_dsc_series(study)
+        volume = read_dsc(series)
+        delta = signal_to_delta_r2star(volume.array, volume.echo_time_s)
+        times = np.asarray(volume.times_s, float)
+        tr_s = float(np.median(np.diff(times)))
+        aif = select_aif(delta.values, times, delta.mask, baseline=delta.bolus.baseline)
+        # Tissue and blood relax differently; without a site calibration CBF/CBV are relative.
+        relaxivity = float(options.get("tissue_to_artery_relaxivity", 1.0))
+        maps = deconvolve(delta.values, aif.curve, tr_s, method=method, mask=delta.mask, aif_info=aif,
+                          tissue_to_artery_relaxivity=relaxivity)
+        lesions = segment_lesions(maps.cbf, maps.tmax, maps.mask, volume.spacing,
+                                  thresholds=thresholds, criteria=criteria)
+        log.info("perfusion computed", extra={
+            "method": method, "hypoperfusion_ml": round(lesions.hypoperfusion_ml, 1),
+            "core_ml": round(lesions.core_ml, 1), "defuse3": lesions.defuse3_eligible,
+            "aif_voxels": len(aif.voxels)})
+
+        source = _first_frame_datasets(volume, series)
+        algorithm = AlgorithmInfo(
+            name=f"pacsnode perfusion {method}", version=self.version,
+            parameters={"method": method, "Tmax threshold": f"{thresholds.tmax_hypoperfusion_s:g} s",
+                        "core": f"rCBF < {thresholds.core_relative_cbf:.0%}",
+                        "AIF voxels": str(len(aif.voxels))},
+        )
+        filled = maps.filled(0.0)
+        outputs: list[Dataset] = []
+        pmap_writer = ParametricMapWriter()
+        for parameter, values in ((MapParameter.CBF, filled.cbf), (MapParameter.CBV, filled.cbv),
+                                  (MapParameter.MTT, filled.mtt), (MapParameter.TMAX, filled.tmax)):
+            outputs.append(pmap_writer.write(
+                source, values.astype(np.float32), parameter, algorithm, SERIES[parameter.short],
+                f"{parameter.short} ({method}) research use"))
+
+        hypo_spec = hypoperfusion_segment(thresholds.tmax_hypoperfusion_s)
+        core_spec = core_segment(f"rCBF < {thresholds.core_relative_cbf:.0%}")
+        masks = {hypo_spec: lesions.hypoperfusion_mask, core_spec: lesions.core_mask}
+        seg = SegmentationWriter().write(source, masks, algorithm, SERIES["SEG"],
+                                         "Perfusion lesions research use", content_label="PERFUSION")
+        outputs.append(seg)
+        groups = [
+            SegmentFindings(1, measurements=[
+                VolumeMeasurement(lesions.hypoperfusion_ml),
+                mismatch_volume(max(0.0, lesions.mismatch_ml)),
+                *([mismatch_ratio(lesions.mismatch_ratio)] if np.isfinite(lesions.mismatch_ratio) else []),
+                *([hypoperfusion_intensity_ratio(lesions.hypoperfusion_intensity_ratio)]
+                  if np.isfinite(lesions.hypoperfusion_intensity_ratio) else []),
+            ]),
+            SegmentFindings(2, measurements=[VolumeMeasurement(lesions.core_ml)]),
+        ]
+        outputs.append(MeasurementReportWriter().write(
+            source, seg, groups, algorithm, SERIES["SR"], "Perfusion report research use"))
+
+        summary = SummaryImageWriter()
+        outputs += summary.write_colour_map(source, filled.tmax, MapParameter.TMAX, algorithm,
+                                            SERIES["summary_tmax"])
+        outputs += summary.write_colour_map(source, filled.cbf, MapParameter.CBF, algorithm,
+                                            SERIES["summary_cbf"])
+        outputs += summary.write_mask_overlay(source, masks, algorithm, SERIES["summary_lesions"])
+        return outputs
