@@ -8,6 +8,7 @@ import time
 import pytest
 from pydicom import dcmread
 
+from tests.dicom_validate import assert_valid_dicom
 from tests.node_harness import (
     DCMTK_ENV,
     PACSNODE,
@@ -81,6 +82,7 @@ def test_run_a_pipeline_offline(tmp_path):
     [sr_path] = list((tmp_path / "out").iterdir())
     sr = dcmread(sr_path)
     assert sr.Modality == "SR"
+    assert_valid_dicom(sr_path)
     assert sr.StudyInstanceUID == dcmread(files[0]).StudyInstanceUID
     unknown = _pacsnode("run", "nope", str(tmp_path / "in"), "--out", str(tmp_path / "out2"))
     assert unknown.returncode != 0 and "no pipeline named 'nope'" in unknown.stderr
