@@ -16,9 +16,9 @@ WEIGHTS = Path(__file__).resolve().parents[1] / "inference" / "perfusion" / "wei
 
 # Error bounds on the held-out slab below, measured with the committed weights
 # (see STNET_MODEL_CARD.md) and given some margin.
-SLAB_CBV_NRMSE_MAX = 0.15
-SLAB_CBF_NRMSE_MAX = 0.35
-SLAB_TMAX_MAE_MAX_S = 1.5
+SLAB_CBV_NRMSE_MAX = 0.12  # measured 0.072 (seed 20240); 0.04–0.06 on two other seeds
+SLAB_CBF_NRMSE_MAX = 0.15  # measured 0.090; 0.083–0.087
+SLAB_TMAX_MAE_MAX_S = 0.8  # measured 0.41 s; 0.44–0.48 s
 
 
 def _random_inputs(seed: int, n: int, size: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -141,7 +141,7 @@ def test_weights_without_manifest_are_refused(tmp_path):
 
 def held_out_slab(seed: int = 20240, snr: float = 50.0) -> tuple[sim.DSCSimulation, np.ndarray]:
     """A 2×20×20 slab never seen in training: smooth CBF/CBV, a hypoperfused delayed region."""
-    z, y, x = np.mgrid[0:2, 0:20, 0:20].astype(np.float64)
+    _, y, x = np.mgrid[0:2, 0:20, 0:20].astype(np.float64)
     cbf = 25.0 + 30.0 * x / 19.0  # 25 … 55
     cbv = 3.0 + 1.5 * y / 19.0
     delay = np.full_like(cbf, 0.5)
@@ -173,7 +173,7 @@ def test_predictions_on_held_out_slab_are_within_documented_error():
     # The delayed lesion is found by the clinical Tmax > 6 s rule.
     found = (maps["tmax"] > 6.0) & mask
     dice = 2 * np.sum(found & lesion) / (found.sum() + (lesion & mask).sum())
-    assert dice > 0.8
+    assert dice > 0.9  # measured 1.0
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
@@ -181,7 +181,7 @@ def test_cpu_and_cuda_agree():
     dsc, _ = held_out_slab(seed=7)
     tissue, aif = dsc.delta_r2star()
     mask = np.ones(tissue.shape[1:], bool)
-    kwargs = dict(tissue_to_artery_relaxivity=dsc.relaxivity.tissue_to_artery_ratio)
+    kwargs = {"tissue_to_artery_relaxivity": dsc.relaxivity.tissue_to_artery_ratio}
     cpu = st.STNetPredictor.load(WEIGHTS, device="cpu").predict(tissue.astype(np.float32), aif, mask,
                                                                dsc.times_s, **kwargs)
     gpu = st.STNetPredictor.load(WEIGHTS, device="cuda").predict(tissue.astype(np.float32), aif, mask,
@@ -206,7 +206,7 @@ def test_training_is_deterministic_and_writes_a_loadable_manifest(tmp_path):
     runs = []
     for name in ("a", "b"):
         manifest = train_stnet(tmp_path / name, seed=3, train_patches=300, validation_patches=100, epochs=1,
-                               batch_size=100, log=lambda *_: None)
+                               batch_size=100, evaluate_phantom=False, log=lambda *_: None)
         runs.append(manifest["weights_sha256"])
     assert runs[0] == runs[1]
     predictor = st.STNetPredictor.load(tmp_path / "a" / "stnet-v1.json", device="cpu")
