@@ -553,8 +553,20 @@ class STNetPredictor:
         grid = self.manifest["time_grid"]
         self.frames = int(grid["frames"])
         self.interval_s = float(grid["frame_interval_s"])
-        if abs(float(grid.get("pre_arrival_s", PRE_ARRIVAL_S)) - PRE_ARRIVAL_S) > 1e-9:
-            raise STNetWeightsError("manifest's pre_arrival_s differs from this pacsnode's input preparation")
+        norm = self.manifest.get("normalisation", {})
+        physics = self.manifest.get("physics", {})
+        expected = {
+            "time_grid.pre_arrival_s": (grid.get("pre_arrival_s"), PRE_ARRIVAL_S),
+            "normalisation.aif_area_s": (norm.get("aif_area_s"), AIF_AREA_S),
+            "normalisation.tissue_gain": (norm.get("tissue_gain"), TISSUE_GAIN),
+            "physics.kappa_ratio_tissue_to_artery": (physics.get("kappa_ratio_tissue_to_artery"), KAPPA_RATIO),
+        }
+        for key, (found, wanted) in expected.items():
+            if found is None or abs(float(found) - wanted) > 1e-9:
+                raise STNetWeightsError(
+                    f"manifest {key} is {found!r} but this pacsnode prepares inputs with {wanted}; "
+                    "the weights were trained for another input preparation: retrain or upgrade pacsnode"
+                )
         self.scales = {n: float(self.manifest["outputs"][n]["scale"]) for n in OUTPUT_NAMES}
 
     @classmethod
