@@ -238,9 +238,10 @@ class _Connection:
                 self.peer_max_pdu = int(item.maximum_length_received or 0)
         reason = self.server.admit(self.calling_ae, called)
         if reason is not None:
-            self._reject(request, reason)
+            # Recorded before answering, so whoever sees the rejection also finds it counted.
             self.server.on_event("rejected", {"reason": reason, "calling_ae": self.calling_ae,
                                               "called_ae": called, "peer": self.peer})
+            self._reject(request, reason)
             return False
         results, _roles = negotiate_unrestricted(
             request.presentation_context_definition_list, self.server.supported_contexts, None
