@@ -307,6 +307,20 @@ def synth_perfusion(out_dir: Path, seed: int, snr: float) -> None:
     click.echo(f"wrote a DSC stroke phantom ({count} instances) and its ground truth to {out_dir}")
 
 
+@main.group()
+def train() -> None:
+    """Reproduce the committed model weights from the project's simulators."""
+
+
+@train.command("stnet", context_settings={"ignore_unknown_options": True, "allow_extra_args": True})
+@click.pass_context
+def train_stnet(ctx: click.Context) -> None:
+    """Train the ST-Net-like perfusion model (options: see --help of the trainer, e.g. --seed, --out)."""
+    from inference.perfusion.stnet_training import main as train_main
+
+    sys.exit(train_main(ctx.args))
+
+
 @main.command()
 def pipelines() -> None:
     """List the installed pipelines."""

@@ -132,3 +132,19 @@ def test_phantom_pushed_with_storescu_arrives_in_orthanc_as_maps_seg_sr_and_summ
     finally:
         node.stop()
         orthanc.stop()
+
+
+def test_stnet_method_runs_with_the_committed_weights(phantom):
+    outputs = PerfusionPipeline().run(_study(phantom / "DSC"), {"method": "stnet"})
+    [seg_ds] = _by_class(outputs, "1.2.840.10008.5.1.4.1.1.66.4")
+    truth = np.load(phantom / "ground_truth.npz")["hypoperfusion_mask"].astype(bool)
+    hypo = seg_ds.pixel_array.reshape(2, -1, seg_ds.Rows, seg_ds.Columns)[0].astype(bool)
+    dice = 2 * (hypo & truth).sum() / (hypo.sum() + truth.sum())
+    assert dice >= 0.90, f"ST-Net Tmax>6 s Dice {dice:.3f}"
+    assert "ST-Net" in str(_by_class(outputs, "1.2.840.10008.5.1.4.1.1.30")[0].ManufacturerModelName)
+
+
+def test_missing_stnet_weights_fail_with_the_reason(phantom, tmp_path):
+    with pytest.raises(PipelineInputError, match="ST-Net weights"):
+        PerfusionPipeline().run(_study(phantom / "DSC"), {"method": "stnet",
+                                                          "stnet_weights": str(tmp_path / "none.json")})

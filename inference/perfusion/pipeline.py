@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -33,18 +34,22 @@ from dicom_io.sr import (
 )
 from dicom_io.volume import DynamicVolume
 from inference.base import Pipeline, PipelineInputError, SeriesInput, StudyInput
-from inference.perfusion.aif import select_aif
-from inference.perfusion.deconvolution import deconvolve
+from inference.perfusion.aif import ArterialInputFunction, select_aif
+from inference.perfusion.deconvolution import PerfusionMaps, deconvolve
 from inference.perfusion.lesions import (
     Defuse3Criteria,
     LesionThresholds,
     segment_lesions,
 )
+from inference.perfusion.physiology import DEFAULT_HAEMATOCRIT
 from inference.perfusion.signal import signal_to_delta_r2star
+from inference.perfusion.stnet import STNetError, STNetPredictor
 
 log = logging.getLogger("pacsnode.perfusion")
 
-METHODS = {"osvd": "oSVD", "csvd": "cSVD", "ssvd": "sSVD"}
+METHODS = {"osvd": "oSVD", "csvd": "cSVD", "ssvd": "sSVD", "stnet": "ST-Net"}
+#: The committed ST-Net-like weights; a site points ``stnet_weights`` at its own.
+DEFAULT_STNET_WEIGHTS = Path(__file__).parent / "weights" / "stnet-v1.json"
 MIN_TIME_POINTS = 10
 
 # Output series numbers: deterministic, so a radiologist finds them in the same place every time.
@@ -83,8 +88,23 @@ def _first_frame_datasets(volume: DynamicVolume, series: SeriesInput) -> list[Da
     return [by_uid[uid] for uid in wanted]
 
 
+def _stnet_maps(delta_r2: np.ndarray, aif: ArterialInputFunction, mask: np.ndarray, times: np.ndarray,
+                tr_s: float, relaxivity: float | None, weights: Path) -> PerfusionMaps:
+    """CBF, CBV, MTT, Tmax from the ST-Net-like model, in the same form as deconvolution's maps."""
+    try:
+        predictor = STNetPredictor.load(weights)
+    except STNetError as exc:
+        raise PipelineInputError(f"ST-Net weights cannot be used: {exc}") from exc
+    out = predictor.predict(delta_r2, aif.curve, mask, times,
+                            tissue_to_artery_relaxivity=None if relaxivity is None else float(relaxivity))
+    return PerfusionMaps(cbf=out["cbf"], cbv=out["cbv"], mtt=out["mtt"], tmax=out["tmax"], mask=mask,
+                         method="ST-Net", threshold=None, oi_limit=None, svd_threshold=None, tr_s=tr_s,
+                         haematocrit=DEFAULT_HAEMATOCRIT,
+                         tissue_to_artery_relaxivity=float(relaxivity or 1.0), aif=aif)
+
+
 class PerfusionPipeline(Pipeline):
-    """DSC-MRI brain perfusion for acute stroke (SVD deconvolution)."""
+    """DSC-MRI brain perfusion for acute stroke (SVD deconvolution or the ST-Net-like model)."""
 
     name = "perfusion"
     queue = "cpu"
@@ -115,9 +135,13 @@ class PerfusionPipeline(Pipeline):
         tr_s = float(np.median(np.diff(times)))
         aif = select_aif(delta.values, times, delta.mask, baseline=delta.bolus.baseline)
         # Tissue and blood relax differently; without a site calibration CBF/CBV are relative.
-        relaxivity = float(options.get("tissue_to_artery_relaxivity", 1.0))
-        maps = deconvolve(delta.values, aif.curve, tr_s, method=method, mask=delta.mask, aif_info=aif,
-                          tissue_to_artery_relaxivity=relaxivity)
+        relaxivity = options.get("tissue_to_artery_relaxivity")
+        if method == "ST-Net":
+            maps = _stnet_maps(delta.values, aif, delta.mask, times, tr_s, relaxivity,
+                               Path(options.get("stnet_weights", DEFAULT_STNET_WEIGHTS)))
+        else:
+            maps = deconvolve(delta.values, aif.curve, tr_s, method=method, mask=delta.mask, aif_info=aif,
+                              tissue_to_artery_relaxivity=float(relaxivity or 1.0))
         lesions = segment_lesions(maps.cbf, maps.tmax, maps.mask, volume.spacing,
                                   thresholds=thresholds, criteria=criteria)
         log.info("perfusion computed", extra={
