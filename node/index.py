@@ -571,19 +571,6 @@ class Index:
 
     # -- outbox --------------------------------------------------------------
 
-    def enqueue_outbox(
-        self, destination: str, items: list[tuple[str, str, str]], job_id: int | None = None
-    ) -> int:
-        """Queue files for sending; (destination, SOP Instance UID) pairs already queued are kept."""
-        now = time.time()
-        with self.transaction() as db:
-            cur = db.executemany(
-                "INSERT OR IGNORE INTO outbox(job_id, destination, sop_instance_uid,"
-                " sop_class_uid, path, next_attempt_at, created_at) VALUES (?,?,?,?,?,?,?)",
-                [(job_id, destination, sop, cls, path, now, now) for (sop, cls, path) in items],
-            )
-            return cur.rowcount
-
     def due_outbox(self, now: float, limit: int = 500) -> list[OutboxItem]:
         rows = self._query(
             "SELECT * FROM outbox WHERE state = 'pending' AND next_attempt_at <= ?"

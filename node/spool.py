@@ -110,10 +110,6 @@ class Spool:
             self._written_since_check = 0
         return self._free_at_check - self._written_since_check
 
-    def accepting(self) -> bool:
-        """Whether enough disk is free to accept new data."""
-        return self.free_bytes() >= self.min_free_bytes
-
     def write_durably(self, destination: Path, data: bytes) -> None:
         """Write *data* to *destination* so that it is on disk before this returns.
 
