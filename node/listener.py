@@ -12,7 +12,7 @@ import logging
 import ssl
 import struct
 import time
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from io import BytesIO
 
 from pydicom import dcmread
@@ -53,17 +53,6 @@ class RejectedInstance(Exception):
         self.reason = reason
 
 
-@dataclass(frozen=True)
-class ParsedHeader:
-    """What the node files a received instance by (path, size and sender still to fill in)."""
-
-    record: InstanceRecord
-
-    @property
-    def sop_instance_uid(self) -> str:
-        return self.record.sop_instance_uid
-
-
 def _text(ds: Dataset, keyword: str) -> str | None:
     value = ds.get(keyword)
     if value is None or value == "":
@@ -81,8 +70,10 @@ def _int(ds: Dataset, keyword: str) -> int | None:
         return None
 
 
-def parse_received(data: bytes, affected_sop_uid: str | None) -> ParsedHeader:
+def parse_received(data: bytes, affected_sop_uid: str | None) -> InstanceRecord:
     """Parse the header of an encoded instance (file meta included) and check it is storable.
+
+    Returns the index record the node files it by (path and sender still to fill in).
 
     Large values (pixel data) are not read, only measured: a value that runs
     past the end of what was received means a truncated transfer. Every
@@ -116,7 +107,7 @@ def parse_received(data: bytes, affected_sop_uid: str | None) -> ParsedHeader:
     if ds.file_meta.get("TransferSyntaxUID") != DeflatedExplicitVRLittleEndian:
         # (A deflated stream was inflated to parse it: offsets no longer match the bytes.)
         _check_complete(ds, len(data))
-    return ParsedHeader(record)
+    return record
 
 
 def _check_complete(ds: Dataset, received: int) -> None:
@@ -225,10 +216,10 @@ class StorageListener:
             metrics.BYTES_RECEIVED.inc(len(data))
         return StoreResponse(STATUS_SUCCESS)
 
-    def _store(self, header: ParsedHeader, data: bytes, calling_ae: str) -> bool:
+    def _store(self, header: InstanceRecord, data: bytes, calling_ae: str) -> bool:
         """Write then index the instance; True when it was new."""
         path = self.spool.instance_path(
-            header.record.study_uid, header.record.series_uid, header.record.sop_instance_uid
+            header.study_uid, header.series_uid, header.sop_instance_uid
         )
         try:
             self.spool.write_durably(path, data)
@@ -236,7 +227,7 @@ class StorageListener:
             raise RejectedInstance(STATUS_OUT_OF_RESOURCES, "disk_full", str(exc)) from exc
         except SpoolError as exc:
             raise RejectedInstance(STATUS_OUT_OF_RESOURCES, "write_failed", str(exc)) from exc
-        record = replace(header.record, path=str(path), calling_ae=calling_ae)
+        record = replace(header, path=str(path), calling_ae=calling_ae)
         try:
             new = self.index.add_instance(record)
         except IndexDatabaseError as exc:

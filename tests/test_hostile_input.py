@@ -11,7 +11,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from node.listener import ParsedHeader, RejectedInstance, parse_received
+from node.index import InstanceRecord
+from node.listener import RejectedInstance, parse_received
 from tests.node_harness import DCMTK_ENV, NodeProcess, write_mr_series
 
 
@@ -28,7 +29,7 @@ def _parse(data: bytes) -> None:
         assert exc.status in (0xC000, 0xA900, 0xA700)
         assert str(exc)
     else:
-        assert isinstance(result, ParsedHeader) and result.sop_instance_uid
+        assert isinstance(result, InstanceRecord) and result.sop_instance_uid
 
 
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
