@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -38,11 +39,12 @@ from inference.perfusion.aif import ArterialInputFunction, select_aif
 from inference.perfusion.deconvolution import PerfusionMaps, deconvolve
 from inference.perfusion.lesions import (
     Defuse3Criteria,
+    LesionReport,
     LesionThresholds,
     segment_lesions,
 )
 from inference.perfusion.physiology import DEFAULT_HAEMATOCRIT
-from inference.perfusion.signal import signal_to_delta_r2star
+from inference.perfusion.signal import DeltaR2Star, signal_to_delta_r2star
 from inference.perfusion.stnet import STNetError, STNetPredictor
 
 log = logging.getLogger("pacsnode.perfusion")
@@ -103,6 +105,92 @@ def _stnet_maps(delta_r2: np.ndarray, aif: ArterialInputFunction, mask: np.ndarr
                          tissue_to_artery_relaxivity=float(relaxivity or 1.0), aif=aif)
 
 
+@dataclass(frozen=True)
+class PerfusionSettings:
+    """The pipeline options that decide the numbers: method, lesion thresholds, DEFUSE 3 criteria, calibration."""
+
+    method_key: str = "osvd"
+    thresholds: LesionThresholds = LesionThresholds()
+    criteria: Defuse3Criteria = Defuse3Criteria()
+    #: κ_tissue/κ_artery of a site calibration; None: CBF and CBV are relative (SVD) or the training's (ST-Net).
+    tissue_to_artery_relaxivity: float | None = None
+    stnet_weights: Path = DEFAULT_STNET_WEIGHTS
+
+    @property
+    def method(self) -> str:
+        """The method's display name (oSVD, cSVD, sSVD, ST-Net)."""
+        return METHODS[self.method_key]
+
+    @classmethod
+    def from_options(cls, options: Mapping[str, Any]) -> PerfusionSettings:
+        """Settings from route options, refusing an unknown method."""
+        method_key = str(options.get("method", "osvd")).lower()
+        if method_key not in METHODS:
+            raise PipelineInputError(
+                f"perfusion method {method_key!r} is not available; choose one of {sorted(METHODS)}")
+        relaxivity = options.get("tissue_to_artery_relaxivity")
+        return cls(
+            method_key=method_key,
+            thresholds=LesionThresholds(
+                tmax_hypoperfusion_s=float(options.get("tmax_threshold_s", 6.0)),
+                tmax_severe_s=float(options.get("tmax_severe_s", 10.0)),
+                core_relative_cbf=float(options.get("core_relative_cbf", 0.30)),
+            ),
+            criteria=Defuse3Criteria(
+                max_core_ml=float(options.get("defuse3_max_core_ml", 70.0)),
+                min_mismatch_ratio=float(options.get("defuse3_min_ratio", 1.8)),
+                min_mismatch_ml=float(options.get("defuse3_min_mismatch_ml", 15.0)),
+            ),
+            tissue_to_artery_relaxivity=None if relaxivity is None else float(relaxivity),
+            stnet_weights=Path(options.get("stnet_weights", DEFAULT_STNET_WEIGHTS)),
+        )
+
+
+@dataclass(frozen=True)
+class PerfusionAnalysis:
+    """Everything the pipeline computes from a DSC series before it writes DICOM."""
+
+    delta: DeltaR2Star
+    aif: ArterialInputFunction
+    maps: PerfusionMaps
+    lesions: LesionReport
+    settings: PerfusionSettings
+
+
+def compute_maps(delta: DeltaR2Star, aif: ArterialInputFunction, times_s: np.ndarray,
+                 settings: PerfusionSettings) -> PerfusionMaps:
+    """CBF, CBV, MTT and Tmax by the settings' method (SVD deconvolution or ST-Net)."""
+    times = np.asarray(times_s, float)
+    tr_s = float(np.median(np.diff(times)))
+    # Tissue and blood relax differently; without a site calibration CBF/CBV are relative.
+    relaxivity = settings.tissue_to_artery_relaxivity
+    if settings.method == "ST-Net":
+        return _stnet_maps(delta.values, aif, delta.mask, times, tr_s, relaxivity, settings.stnet_weights)
+    return deconvolve(delta.values, aif.curve, tr_s, method=settings.method, mask=delta.mask,  # type: ignore[arg-type]
+                      aif_info=aif, tissue_to_artery_relaxivity=float(relaxivity or 1.0))
+
+
+def assess_lesions(maps: PerfusionMaps, spacing_mm: Sequence[float], settings: PerfusionSettings) -> LesionReport:
+    """Hypoperfusion, core, mismatch and the DEFUSE 3 decision from the maps, with the settings' thresholds."""
+    return segment_lesions(maps.cbf, maps.tmax, maps.mask, spacing_mm,
+                           thresholds=settings.thresholds, criteria=settings.criteria)
+
+
+def analyse_dsc(signal: np.ndarray, times_s: np.ndarray, echo_time_s: float | None,
+                spacing_mm: Sequence[float], settings: PerfusionSettings) -> PerfusionAnalysis:
+    """A DSC series ``(t, z, y, x)`` to maps and lesions: ΔR2*, automatic AIF, maps, lesion assessment.
+
+    This is the pipeline's whole computation; :mod:`inference.perfusion.evaluation`
+    calls it too, so that what is evaluated is what the pipeline reports.
+    """
+    times = np.asarray(times_s, float)
+    delta = signal_to_delta_r2star(signal, echo_time_s)
+    aif = select_aif(delta.values, times, delta.mask, baseline=delta.bolus.baseline)
+    maps = compute_maps(delta, aif, times, settings)
+    lesions = assess_lesions(maps, spacing_mm, settings)
+    return PerfusionAnalysis(delta=delta, aif=aif, maps=maps, lesions=lesions, settings=settings)
+
+
 class PerfusionPipeline(Pipeline):
     """DSC-MRI brain perfusion for acute stroke (SVD deconvolution or the ST-Net-like model)."""
 
@@ -112,38 +200,12 @@ class PerfusionPipeline(Pipeline):
     summary = "DSC-MRI perfusion: CBF/CBV/MTT/Tmax maps, Tmax>6 s and core masks, volumes, mismatch (research use)"
 
     def run(self, study: StudyInput, options: Mapping[str, Any]) -> Sequence[Dataset]:
-        method_key = str(options.get("method", "osvd")).lower()
-        if method_key not in METHODS:
-            raise PipelineInputError(
-                f"perfusion method {method_key!r} is not available; choose one of {sorted(METHODS)}")
-        method = METHODS[method_key]
-        thresholds = LesionThresholds(
-            tmax_hypoperfusion_s=float(options.get("tmax_threshold_s", 6.0)),
-            tmax_severe_s=float(options.get("tmax_severe_s", 10.0)),
-            core_relative_cbf=float(options.get("core_relative_cbf", 0.30)),
-        )
-        criteria = Defuse3Criteria(
-            max_core_ml=float(options.get("defuse3_max_core_ml", 70.0)),
-            min_mismatch_ratio=float(options.get("defuse3_min_ratio", 1.8)),
-            min_mismatch_ml=float(options.get("defuse3_min_mismatch_ml", 15.0)),
-        )
-
+        settings = PerfusionSettings.from_options(options)
+        method, thresholds = settings.method, settings.thresholds
         series = choose_dsc_series(study)
         volume = read_dsc(series)
-        delta = signal_to_delta_r2star(volume.array, volume.echo_time_s)
-        times = np.asarray(volume.times_s, float)
-        tr_s = float(np.median(np.diff(times)))
-        aif = select_aif(delta.values, times, delta.mask, baseline=delta.bolus.baseline)
-        # Tissue and blood relax differently; without a site calibration CBF/CBV are relative.
-        relaxivity = options.get("tissue_to_artery_relaxivity")
-        if method == "ST-Net":
-            maps = _stnet_maps(delta.values, aif, delta.mask, times, tr_s, relaxivity,
-                               Path(options.get("stnet_weights", DEFAULT_STNET_WEIGHTS)))
-        else:
-            maps = deconvolve(delta.values, aif.curve, tr_s, method=method, mask=delta.mask, aif_info=aif,
-                              tissue_to_artery_relaxivity=float(relaxivity or 1.0))
-        lesions = segment_lesions(maps.cbf, maps.tmax, maps.mask, volume.spacing,
-                                  thresholds=thresholds, criteria=criteria)
+        analysis = analyse_dsc(volume.array, volume.times_s, volume.echo_time_s, volume.spacing, settings)
+        aif, maps, lesions = analysis.aif, analysis.maps, analysis.lesions
         log.info("perfusion computed", extra={
             "method": method, "hypoperfusion_ml": round(lesions.hypoperfusion_ml, 1),
             "core_ml": round(lesions.core_ml, 1), "defuse3": lesions.defuse3_eligible,
