@@ -1,0 +1,288 @@
+"""Scoring liver segmentations against ground truth: overlap, surface distance and lesion detection.
+
+The metrics are seed 002's and LiTS's:
+
+* per class — **liver** (liver ∪ tumour: the organ, tumours included, as in
+  LiTS) and **tumour** — Dice, IoU (Jaccard), HD95 (mm: the larger of the two
+  directed 95th-percentile surface distances, MONAI's convention, computed
+  with SimpleITK distance maps and the voxel spacing), precision and recall.
+  When both masks are empty Dice, IoU, precision and recall are undefined (NaN)
+  and left out of case means; HD95 is NaN when either is empty;
+* per lesion — a true lesion is **detected** when a predicted tumour component
+  overlaps it with Dice > 0.1 or has its centre inside it; a predicted
+  component touching no true lesion is a **false positive**. Sensitivity is
+  reported over all lesions and over lesions with a longest diameter ≥ 10 mm
+  (the issue's target), with false positives per case.
+
+:func:`evaluate_on_phantoms` runs a model on held-out simulator seeds
+(disjoint from the training seeds, see :mod:`inference.liver.training`) and
+returns a JSON-able report.
+
+Research use only; not a medical device.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import SimpleITK as sitk
+
+from inference.liver import postprocess as post
+
+logger = logging.getLogger("pacsnode.inference.liver")
+
+#: Lesions at least this long (mm) count towards the "≥ 10 mm" sensitivity.
+LARGE_LESION_MM = 10.0
+#: A predicted component detects a true lesion above this Dice (or with its centre inside).
+DETECTION_DICE = 0.1
+#: Held-out evaluation seeds: 0 … 99 (training uses seeds from 1000 on).
+EVALUATION_SEEDS = range(0, 100)
+
+
+# --------------------------------------------------------------------------- voxel metrics
+
+
+def _counts(pred: np.ndarray, truth: np.ndarray) -> tuple[int, int, int]:
+    tp = int(np.count_nonzero(pred & truth))
+    return tp, int(np.count_nonzero(pred)) - tp, int(np.count_nonzero(truth)) - tp
+
+
+def _ratio(num: float, den: float) -> float:
+    return float(num / den) if den > 0 else float("nan")
+
+
+def dice(pred: np.ndarray, truth: np.ndarray) -> float:
+    tp, fp, fn = _counts(np.asarray(pred, bool), np.asarray(truth, bool))
+    return _ratio(2 * tp, 2 * tp + fp + fn)
+
+
+def iou(pred: np.ndarray, truth: np.ndarray) -> float:
+    tp, fp, fn = _counts(np.asarray(pred, bool), np.asarray(truth, bool))
+    return _ratio(tp, tp + fp + fn)
+
+
+def _surface_distances(source: np.ndarray, target: np.ndarray, spacing: Sequence[float]) -> np.ndarray:
+    """Distances (mm) from each surface voxel of *source* to the surface of *target*."""
+    xyz = tuple(float(s) for s in reversed(tuple(spacing)))
+    src = sitk.GetImageFromArray(source.astype(np.uint8))
+    src.SetSpacing(xyz)
+    tgt = sitk.GetImageFromArray(target.astype(np.uint8))
+    tgt.SetSpacing(xyz)
+    # Distance to the nearest contour voxel centre of the target (zero on the contour itself).
+    contour_distance = sitk.SignedMaurerDistanceMap(sitk.LabelContour(tgt), insideIsPositive=False,
+                                                    squaredDistance=False, useImageSpacing=True)
+    surface = sitk.GetArrayFromImage(sitk.LabelContour(src)).astype(bool)
+    return np.abs(sitk.GetArrayFromImage(contour_distance))[surface]
+
+
+def hd95(pred: np.ndarray, truth: np.ndarray, spacing: Sequence[float]) -> float:
+    """95th-percentile symmetric Hausdorff distance (mm); NaN when either mask is empty."""
+    pred, truth = np.asarray(pred, bool), np.asarray(truth, bool)
+    if not pred.any() or not truth.any():
+        return float("nan")
+    forward = _surface_distances(pred, truth, spacing)
+    backward = _surface_distances(truth, pred, spacing)
+    return float(max(np.percentile(forward, 95), np.percentile(backward, 95)))
+
+
+def mask_metrics(pred: np.ndarray, truth: np.ndarray, spacing: Sequence[float]) -> dict[str, float]:
+    """Dice, IoU, HD95 (mm), precision, recall and the voxel counts of one binary mask pair."""
+    pred, truth = np.asarray(pred, bool), np.asarray(truth, bool)
+    tp, fp, fn = _counts(pred, truth)
+    return {
+        "dice": _ratio(2 * tp, 2 * tp + fp + fn),
+        "iou": _ratio(tp, tp + fp + fn),
+        "hd95_mm": hd95(pred, truth, spacing),
+        "precision": _ratio(tp, tp + fp),
+        "recall": _ratio(tp, tp + fn),
+        "tp": tp,
+        "fp": fp,
+        "fn": fn,
+    }
+
+
+def class_masks(labels: np.ndarray) -> dict[str, np.ndarray]:
+    """The evaluated masks of a 0/1/2 label array: liver (with its tumours) and tumour."""
+    labels = np.asarray(labels)
+    return {"liver": labels > 0, "tumour": labels == post.TUMOUR}
+
+
+def segmentation_metrics(pred: np.ndarray, truth: np.ndarray, spacing: Sequence[float]) -> dict[str, dict[str, float]]:
+    """Per-class :func:`mask_metrics` of two 0/1/2 label arrays on the same grid."""
+    if np.shape(pred) != np.shape(truth):
+        raise ValueError(f"prediction {np.shape(pred)} and truth {np.shape(truth)} are not on the same grid")
+    p, t = class_masks(pred), class_masks(truth)
+    return {name: mask_metrics(p[name], t[name], spacing) for name in p}
+
+
+# --------------------------------------------------------------------------- lesion detection
+
+
+@dataclass(frozen=True)
+class LesionMatch:
+    """Detection result of one true lesion."""
+
+    index: int
+    longest_diameter_mm: float
+    detected: bool
+    best_dice: float
+
+
+def lesion_detection(
+    pred_lesion_labels: np.ndarray,
+    truth_lesion_labels: np.ndarray,
+    truth_diameters_mm: Mapping[int, float],
+) -> tuple[list[LesionMatch], int]:
+    """Match predicted lesion components to true lesions: (one match per true lesion, false positives).
+
+    *pred_lesion_labels* / *truth_lesion_labels*: int arrays, 0 outside lesions,
+    the lesion's index inside; *truth_diameters_mm*: each true lesion's longest
+    diameter. Detection rule: Dice > :data:`DETECTION_DICE`, or the predicted
+    component's centroid (rounded to a voxel) inside the true lesion.
+    """
+    pred = np.asarray(pred_lesion_labels)
+    truth = np.asarray(truth_lesion_labels)
+    n_pred = int(pred.max()) if pred.size else 0
+    pred_sizes = np.bincount(pred.ravel(), minlength=n_pred + 1)
+    centres: dict[int, tuple[int, ...]] = {}
+    for p in range(1, n_pred + 1):
+        coords = np.argwhere(pred == p)
+        if len(coords):
+            centres[p] = tuple(int(round(c)) for c in coords.mean(axis=0))
+    matches = []
+    touched: set[int] = set()
+    for index in sorted(int(i) for i in np.unique(truth) if i > 0):
+        member = truth == index
+        size = int(np.count_nonzero(member))
+        overlapping = np.bincount(pred[member].ravel(), minlength=n_pred + 1)
+        best = 0.0
+        detected = False
+        for p in range(1, n_pred + 1):
+            centre_inside = p in centres and bool(member[centres[p]])
+            if overlapping[p] == 0 and not centre_inside:
+                continue
+            touched.add(p)
+            d = 2.0 * overlapping[p] / (size + pred_sizes[p])
+            best = max(best, float(d))
+            detected = detected or d > DETECTION_DICE or centre_inside
+        diameter = float(truth_diameters_mm.get(index, float("nan")))
+        matches.append(LesionMatch(index=index, longest_diameter_mm=diameter, detected=detected, best_dice=best))
+    false_positives = sum(1 for p in range(1, n_pred + 1) if pred_sizes[p] > 0 and p not in touched)
+    return matches, false_positives
+
+
+# --------------------------------------------------------------------------- reports
+
+
+def _nanmean(values: Iterable[float]) -> float | None:
+    array = np.asarray([v for v in values if v is not None], dtype=np.float64)
+    array = array[np.isfinite(array)]
+    return round(float(array.mean()), 4) if array.size else None
+
+
+def _global_dice(cases: Sequence[Mapping[str, Any]], name: str) -> float | None:
+    tp = sum(c["metrics"][name]["tp"] for c in cases)
+    fp = sum(c["metrics"][name]["fp"] for c in cases)
+    fn = sum(c["metrics"][name]["fn"] for c in cases)
+    return round(2 * tp / (2 * tp + fp + fn), 4) if (2 * tp + fp + fn) else None
+
+
+def summarise(cases: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+    """Aggregate per-case results (as made by :func:`evaluate_case`) into a report summary."""
+    summary: dict[str, Any] = {"cases": len(cases)}
+    for name in ("liver", "tumour"):
+        with_truth = [c for c in cases if c["metrics"][name]["tp"] + c["metrics"][name]["fn"] > 0]
+        summary[name] = {
+            metric: _nanmean(c["metrics"][name][metric] for c in with_truth)
+            for metric in ("dice", "iou", "hd95_mm", "precision", "recall")
+        }
+        summary[name]["dice_global"] = _global_dice(cases, name)
+        summary[name]["cases_with_truth"] = len(with_truth)
+    lesions = [m for c in cases for m in c["lesions"]]
+    large = [m for m in lesions if m["longest_diameter_mm"] >= LARGE_LESION_MM]
+    summary["lesions"] = {
+        "count": len(lesions),
+        "detected": sum(m["detected"] for m in lesions),
+        "sensitivity": round(sum(m["detected"] for m in lesions) / len(lesions), 4) if lesions else None,
+        "count_ge_10mm": len(large),
+        "sensitivity_ge_10mm": round(sum(m["detected"] for m in large) / len(large), 4) if large else None,
+        "false_positives_per_case": round(sum(c["false_positives"] for c in cases) / len(cases), 3) if cases else None,
+    }
+    return summary
+
+
+def evaluate_case(
+    segmentation: post.Segmentation,
+    truth_labels: np.ndarray,
+    truth_lesion_labels: np.ndarray,
+    truth_diameters_mm: Mapping[int, float],
+    spacing: Sequence[float],
+) -> dict[str, Any]:
+    """One case's metrics: per-class voxel metrics, lesion matches and false positives."""
+    metrics = segmentation_metrics(segmentation.labels, truth_labels, spacing)
+    matches, false_positives = lesion_detection(segmentation.lesion_labels, truth_lesion_labels, truth_diameters_mm)
+    return {
+        "metrics": metrics,
+        "lesions": [m.__dict__ for m in matches],
+        "false_positives": false_positives,
+        "predicted_lesions": len(segmentation.lesions),
+    }
+
+
+def evaluate_on_phantoms(
+    segment: Callable[[Any], post.Segmentation],
+    simulate: Callable[[int], Any],
+    seeds: Iterable[int] = EVALUATION_SEEDS,
+    *,
+    log: Callable[[str], None] | None = None,
+) -> dict[str, Any]:
+    """Run *segment* on the phantom ``simulate(seed)`` of every seed and score it against its truth.
+
+    *simulate* returns an :class:`inference.liver.phantom.LiverPhantom`;
+    *segment* turns one into a :class:`~inference.liver.postprocess.Segmentation`
+    on the phantom's grid (see :func:`inference.liver.training.phantom_segmenter`).
+    """
+    cases = []
+    started = time.perf_counter()
+    for seed in seeds:
+        phantom = simulate(seed)
+        t0 = time.perf_counter()
+        segmentation = segment(phantom)
+        seconds = time.perf_counter() - t0
+        diameters = {lesion.index: lesion.longest_diameter_mm for lesion in phantom.lesions}
+        case = evaluate_case(segmentation, phantom.labels, phantom.lesion_labels, diameters, phantom.spacing)
+        case["seed"] = int(seed)
+        case["seconds"] = round(seconds, 2)
+        cases.append(case)
+        if log:
+            m = case["metrics"]
+            log(f"seed {seed}: liver Dice {m['liver']['dice']:.3f}, tumour Dice {m['tumour']['dice']:.3f}, "
+                f"{sum(x['detected'] for x in case['lesions'])}/{len(case['lesions'])} lesions, "
+                f"{case['false_positives']} FP, {seconds:.1f} s")
+    report = {"summary": summarise(cases), "cases": cases,
+              "seconds": round(time.perf_counter() - started, 1)}
+    logger.info("liver evaluation finished", extra={"cases": len(cases), "summary": report["summary"]})
+    return report
+
+
+__all__ = [
+    "DETECTION_DICE",
+    "EVALUATION_SEEDS",
+    "LARGE_LESION_MM",
+    "LesionMatch",
+    "class_masks",
+    "dice",
+    "evaluate_case",
+    "evaluate_on_phantoms",
+    "hd95",
+    "iou",
+    "lesion_detection",
+    "mask_metrics",
+    "segmentation_metrics",
+    "summarise",
+]

@@ -1,0 +1,689 @@
+"""Training the liver segmentation models on the liver phantom (and a site's labelled studies), on CPU.
+
+Three models, one recipe (:data:`MODEL_RECIPES`):
+
+* ``liver-seg-mr`` — :class:`~inference.liver.models.FusedUNet4D` on the four
+  DCE phases (pre, arterial, portal, delayed);
+* ``liver-seg-mr-baseline`` — :class:`~inference.liver.models.UNet3D` on the
+  portal phase alone: the single-phase baseline the 4D model is compared with
+  (same cases, crops, loss, optimiser and steps);
+* ``liver-seg-ct`` — :class:`~inference.liver.models.UNet3D` on portal-venous CT.
+
+**Data.** Cases come from :func:`inference.liver.phantom.simulate_liver_mr` /
+``simulate_liver_ct`` with seeds from :data:`FIRST_TRAINING_SEED` (1000) on; the
+held-out evaluation seeds are 0–99 (:data:`inference.liver.evaluation.EVALUATION_SEEDS`),
+so training never sees an evaluation phantom. A pool of ``pool_size``
+phantoms is simulated at the start and one case is replaced by a new seed every
+``refresh_every`` steps (simulating a phantom per step would cost more than the
+step). Each case is prepared exactly as at inference
+(:mod:`inference.liver.preprocess`: normalised, resampled to the model spacing).
+The phantom's phases move rigidly between acquisitions; the pipeline aligns
+them with :mod:`dicom_io.registration` before the model sees them, and here the
+known shift is undone instead (an ideal registration), see :func:`align_channels`.
+A site's labelled studies (``--data DIR``: one folder per study with its image
+series and a SEG holding liver and tumour segments) are read by
+:func:`load_site_study` exactly as the pipeline reads a study and join the pool.
+
+**Recipe.** Random crops of the patch size, two in three centred on a tumour or
+liver voxel; per-channel random intensity scale and shift; Dice + cross-entropy
+loss (MONAI ``DiceCELoss``, batch Dice); Adam with a cosine learning-rate decay
+over the planned steps. ``torch.manual_seed``, one ``numpy`` Generator, fixed
+threads and deterministic algorithms make a run reproducible for a seed on the
+same CPU and torch build. ``--minutes`` stops early between steps (recorded,
+since it makes the result depend on the machine's speed).
+
+:func:`train_liver_model` writes ``<version>.pt``, ``<version>.json`` (manifest
+with sha256, recipe and held-out metrics) and regenerates
+``LIVER_SEG_MODEL_CARD.md`` from every manifest in the folder; :func:`main` is
+``pacsnode train liver-seg-mr`` / ``liver-seg-ct`` / ``liver-seg-mr-baseline``.
+
+Research use only; not a medical device.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import math
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import SimpleITK as sitk
+import torch
+
+from inference.liver import evaluation, postprocess, preprocess
+from inference.liver import weights as lw
+from inference.liver.models import build_model, config_to_json, count_parameters
+
+logger = logging.getLogger("pacsnode.inference.liver")
+
+#: Training phantoms use seeds from here on; evaluation uses 0–99.
+FIRST_TRAINING_SEED = 1000
+#: The phantom channels of the DCE models, in acquisition order.
+DCE_CHANNELS = ("pre", "arterial", "portal", "delayed")
+MODEL_CARD = "LIVER_SEG_MODEL_CARD.md"
+
+
+class TrainingDataError(ValueError):
+    """A site's labelled study cannot be used for training; the message says why."""
+
+
+@dataclass(frozen=True)
+class ModelRecipe:
+    """What one of the three models is: network, inputs and modality."""
+
+    name: str
+    model_version: str
+    model_kind: str
+    modality: str
+    channels: tuple[str, ...]
+    architecture: dict[str, Any]
+    description: str
+
+
+MODEL_RECIPES: dict[str, ModelRecipe] = {
+    "liver-seg-mr": ModelRecipe(
+        "liver-seg-mr", "liver-seg-mr-v1", "fused-unet-4d", "MR", DCE_CHANNELS,
+        {"phases": 4, "classes": 3, "widths": [8, 16, 24, 32], "lstm_kernels": [1, 1, 3, 3]},
+        "4D DCE-MRI fused U-Net: shared 3D encoder per phase, ConvLSTM over the phases, nested decoder",
+    ),
+    "liver-seg-mr-baseline": ModelRecipe(
+        "liver-seg-mr-baseline", "liver-seg-mr-baseline-v1", "unet-3d", "MR", ("portal",),
+        {"in_channels": 1, "classes": 3, "widths": [8, 16, 24, 32]},
+        "single-phase 3D U-Net on the portal-venous phase (baseline for the 4D model)",
+    ),
+    "liver-seg-ct": ModelRecipe(
+        "liver-seg-ct", "liver-seg-ct-v1", "unet-3d", "CT", ("ct",),
+        {"in_channels": 1, "classes": 3, "widths": [8, 16, 24, 32]},
+        "3D U-Net on portal-venous CT",
+    ),
+}
+
+
+@dataclass(frozen=True)
+class TrainingSettings:
+    """The training recipe; stored in the manifest."""
+
+    seed: int = 0
+    steps: int = 600
+    minutes: float | None = None
+    batch_size: int = 2
+    patch_size: tuple[int, int, int] = (24, 64, 64)
+    model_spacing: tuple[float, float, float] = (4.0, 3.0, 3.0)
+    learning_rate: float = 3e-3
+    pool_size: int = 16
+    refresh_every: int = 20
+    tumour_crop_fraction: float = 0.4
+    liver_crop_fraction: float = 0.3
+    intensity_jitter: float = 0.1
+    evaluation_cases: int = 10
+    threads: int = 1
+
+    def to_json(self) -> dict[str, Any]:
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}
+
+
+# --------------------------------------------------------------------------- cases
+
+
+@dataclass
+class TrainingCase:
+    """One case on the model grid: normalised channels ``[P, z, y, x]`` and labels ``[z, y, x]``."""
+
+    source: str
+    channels: np.ndarray
+    labels: np.ndarray
+    tumour_voxels: np.ndarray = field(init=False)
+    liver_voxels: np.ndarray = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.tumour_voxels = np.argwhere(self.labels == postprocess.TUMOUR).astype(np.int32)
+        self.liver_voxels = np.argwhere(self.labels == postprocess.LIVER).astype(np.int32)
+
+
+def align_channels(images: np.ndarray, motion_mm: np.ndarray, spacing: Sequence[float]) -> np.ndarray:
+    """Undo each channel's known rigid shift (``motion_mm[p]`` zyx mm relative to the reference).
+
+    Stands in for the registration the pipeline runs: channel *p* shows the
+    anatomy displaced by ``motion_mm[p]``, so it is sampled at ``x + motion``
+    (linear interpolation, edges held).
+    """
+    out = np.empty(images.shape, np.float32)
+    for p, channel in enumerate(images):
+        shift = np.asarray(motion_mm[p], dtype=np.float64)
+        if not np.any(np.abs(shift) > 1e-6):
+            out[p] = channel
+            continue
+        image = sitk.GetImageFromArray(np.ascontiguousarray(channel, dtype=np.float32))
+        image.SetSpacing(tuple(float(s) for s in reversed(tuple(spacing))))
+        transform = sitk.TranslationTransform(3, tuple(float(v) for v in reversed(shift)))
+        resampler = sitk.ResampleImageFilter()
+        resampler.SetReferenceImage(image)
+        resampler.SetTransform(transform)
+        resampler.SetInterpolator(sitk.sitkLinear)
+        resampler.SetUseNearestNeighborExtrapolator(True)
+        out[p] = sitk.GetArrayFromImage(resampler.Execute(image))
+    return out
+
+
+def simulate_phantom(recipe: ModelRecipe, seed: int) -> Any:
+    """The phantom of *seed* for *recipe* (MR: all four DCE phases, so every MR model sees the same case)."""
+    from inference.liver import phantom as ph
+
+    if recipe.modality == "CT":
+        return ph.simulate_liver_ct(seed)
+    return ph.simulate_liver_mr(seed, channels=DCE_CHANNELS)
+
+
+def phantom_channels(recipe: ModelRecipe, phantom: Any) -> np.ndarray:
+    """The recipe's channels of a phantom, in order, aligned onto the reference grid."""
+    images = np.asarray(phantom.images, dtype=np.float32)
+    motion = np.asarray(getattr(phantom, "motion_mm", np.zeros((len(images), 3))), dtype=np.float64)
+    names = list(phantom.channels)
+    missing = [c for c in recipe.channels if c not in names]
+    if missing:
+        raise TrainingDataError(f"the phantom has channels {names}, the model needs {missing}")
+    picked = [names.index(c) for c in recipe.channels]
+    return align_channels(images[picked], motion[picked], phantom.spacing)
+
+
+def prepare_case(
+    recipe: ModelRecipe, channels: np.ndarray, labels: np.ndarray, spacing: Sequence[float],
+    settings: TrainingSettings, source: str,
+) -> TrainingCase:
+    """Normalise and resample one case onto the model grid (labels by nearest neighbour)."""
+    spec = preprocess.default_normalisation(recipe.modality)
+    normalised = preprocess.normalise(channels, spec)
+    on_grid = preprocess.to_model_grid(normalised, spacing, settings.model_spacing)
+    label_grid = preprocess.resample(np.asarray(labels, np.uint8), spacing, settings.model_spacing,
+                                     shape=on_grid.shape[1:], interpolation="nearest")
+    return TrainingCase(source, np.ascontiguousarray(on_grid, dtype=np.float32), label_grid.astype(np.uint8))
+
+
+def phantom_case(recipe: ModelRecipe, seed: int, settings: TrainingSettings) -> TrainingCase:
+    phantom = simulate_phantom(recipe, seed)
+    return prepare_case(recipe, phantom_channels(recipe, phantom), phantom.labels, phantom.spacing, settings,
+                        f"phantom seed {seed}")
+
+
+# --------------------------------------------------------------------------- site studies
+
+
+def _label_value(label: str) -> int | None:
+    text = label.lower()
+    if any(word in text for word in ("tumour", "tumor", "lesion", "metast", "hcc", "carcinoma", "neoplasm")):
+        return postprocess.TUMOUR
+    if "liver" in text or "hepat" in text:
+        return postprocess.LIVER
+    return None
+
+
+def load_site_study(folder: Path, recipe: ModelRecipe) -> tuple[np.ndarray, np.ndarray, tuple[float, float, float]]:
+    """A site's labelled study: (channels ``[P, z, y, x]`` on the reference grid, labels, spacing).
+
+    The folder holds the study's image series and one SEG (any file layout).
+    Phases are identified and co-registered as the pipeline does
+    (:func:`inference.liver.phases.identify_liver_study`,
+    :func:`dicom_io.registration.register_phases`); the SEG is read onto the
+    reference grid (portal phase, or the CT) with
+    :func:`dicom_io.seg_reader.read_segmentation`. Segments whose label names
+    the liver become 1, those naming a tumour/lesion 2 (painted over the liver).
+    """
+    from pydicom import dcmread
+
+    from dicom_io.reader import read_dynamic_series, read_series
+    from dicom_io.registration import register_phases
+    from dicom_io.seg_reader import read_segmentation
+    from inference.base import SeriesInput
+    from inference.liver.phases import identify_liver_study
+
+    files = sorted(p for p in Path(folder).rglob("*") if p.is_file())
+    by_series: dict[str, list[Path]] = {}
+    headers: dict[str, Any] = {}
+    segs: list[Path] = []
+    for path in files:
+        try:
+            ds = dcmread(path, stop_before_pixels=True)
+        except Exception:  # not DICOM: ground-truth side files, notes
+            continue
+        if str(getattr(ds, "Modality", "")) == "SEG":
+            segs.append(path)
+            continue
+        uid = str(getattr(ds, "SeriesInstanceUID", ""))
+        by_series.setdefault(uid, []).append(path)
+        headers.setdefault(uid, ds)
+    if len(segs) != 1:
+        raise TrainingDataError(f"{folder}: expected one SEG with the labels, found {len(segs)}")
+    series = [
+        SeriesInput(uid, str(getattr(h, "Modality", "")) or None, str(getattr(h, "SeriesDescription", "")) or None,
+                    int(h.SeriesNumber) if getattr(h, "SeriesNumber", None) is not None else None,
+                    tuple(by_series[uid]))
+        for uid, h in headers.items()
+    ]
+    inputs = identify_liver_study(series, modality=recipe.modality, phases=recipe.channels)
+    cache: dict[str, Any] = {}
+    volumes = {}
+    for name, source in inputs.phases.items():
+        if source.time_point is None:
+            volumes[name] = read_series(source.series.paths, skip_non_images=True)
+        else:
+            uid = source.series.series_uid
+            if uid not in cache:
+                cache[uid] = read_dynamic_series(source.series.paths, skip_non_images=True)
+            volumes[name] = cache[uid].frame(source.time_point)
+    if recipe.modality == "CT":
+        reference = volumes["ct"]
+        channels = np.asarray(reference.array, np.float32)[None]
+    else:
+        ref_name = "portal" if "portal" in volumes else next(iter(volumes))
+        registered = register_phases(volumes, ref_name, skip=list(volumes) if inputs.is_4d else [])
+        reference = volumes[ref_name]
+        channels = np.stack([registered.array[registered.names.index(c)] for c in recipe.channels])
+    on_grid = read_segmentation(segs[0], reference, threshold=0.5)
+    order = sorted(on_grid.segments, key=lambda n: (_label_value(on_grid.segments[n].label) or 0))
+    values = {n: _label_value(on_grid.segments[n].label) for n in order}
+    values = {n: v for n, v in values.items() if v is not None}
+    if postprocess.LIVER not in values.values():
+        labels_found = [s.label for s in on_grid.segments.values()]
+        raise TrainingDataError(f"{folder}: the SEG has no segment labelled as liver (segments {labels_found})")
+    labels = on_grid.label_map(values)
+    return channels.astype(np.float32), labels.astype(np.uint8), tuple(float(s) for s in reference.spacing)
+
+
+def site_cases(data_dir: Path, recipe: ModelRecipe, settings: TrainingSettings,
+               log: Callable[[str], None]) -> list[TrainingCase]:
+    """Every study folder under *data_dir* (its immediate subfolders) as a training case."""
+    cases = []
+    folders = sorted(p for p in Path(data_dir).iterdir() if p.is_dir())
+    if not folders:
+        raise TrainingDataError(f"{data_dir} has no study folders (one folder per labelled study)")
+    for folder in folders:
+        channels, labels, spacing = load_site_study(folder, recipe)
+        cases.append(prepare_case(recipe, channels, labels, spacing, settings, f"site study {folder.name}"))
+        log(f"site study {folder.name}: {channels.shape}, {int((labels == 2).sum())} tumour voxels")
+    return cases
+
+
+# --------------------------------------------------------------------------- batches
+
+
+def random_crop(case: TrainingCase, settings: TrainingSettings, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """One training crop (channels, labels), centred on a tumour or liver voxel or anywhere, padded if needed."""
+    patch = np.asarray(settings.patch_size)
+    shape = np.asarray(case.labels.shape)
+    u = rng.random()
+    if u < settings.tumour_crop_fraction and len(case.tumour_voxels):
+        centre = case.tumour_voxels[rng.integers(len(case.tumour_voxels))]
+    elif u < settings.tumour_crop_fraction + settings.liver_crop_fraction and len(case.liver_voxels):
+        centre = case.liver_voxels[rng.integers(len(case.liver_voxels))]
+    else:
+        centre = np.array([rng.integers(n) for n in shape])
+    centre = centre + rng.integers(-patch // 4, patch // 4 + 1)
+    start = np.clip(centre - patch // 2, 0, np.maximum(shape - patch, 0))
+    box = tuple(slice(int(s), int(s + p)) for s, p in zip(start, patch, strict=True))
+    channels = case.channels[(slice(None), *box)]
+    labels = case.labels[box]
+    pad = [(0, int(p - n)) for p, n in zip(patch, labels.shape, strict=True)]
+    if any(after for _, after in pad):
+        channels = np.pad(channels, [(0, 0), *pad], constant_values=0.0)
+        labels = np.pad(labels, pad, constant_values=0)
+    scale = 1.0 + settings.intensity_jitter * rng.uniform(-1, 1, (channels.shape[0], 1, 1, 1))
+    shift = settings.intensity_jitter * rng.uniform(-1, 1, (channels.shape[0], 1, 1, 1))
+    return (channels * scale + shift).astype(np.float32), labels
+
+
+def make_batch(cases: Sequence[TrainingCase], settings: TrainingSettings,
+               rng: np.random.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    crops = [random_crop(cases[rng.integers(len(cases))], settings, rng) for _ in range(settings.batch_size)]
+    x = torch.from_numpy(np.stack([c for c, _ in crops]))
+    y = torch.from_numpy(np.stack([lab for _, lab in crops]).astype(np.int64))[:, None]
+    return x, y
+
+
+# --------------------------------------------------------------------------- segmenting phantoms
+
+
+def phantom_segmenter(segmenter: lw.LiverSegmenter, recipe: ModelRecipe,
+                      **postprocess_options: float) -> Callable[[Any], postprocess.Segmentation]:
+    """A function phantom → post-processed segmentation on the phantom's grid, as the pipeline does it."""
+
+    def segment(phantom: Any) -> postprocess.Segmentation:
+        channels = phantom_channels(recipe, phantom)
+        probabilities = segmenter.segment(channels, phantom.spacing)
+        return postprocess.postprocess(probabilities, phantom.spacing, **postprocess_options)
+
+    return segment
+
+
+def evaluate_recipe(segmenter: lw.LiverSegmenter, recipe: ModelRecipe, seeds: Sequence[int],
+                    log: Callable[[str], None] | None = None) -> dict[str, Any]:
+    """:func:`inference.liver.evaluation.evaluate_on_phantoms` for one of the three models."""
+    overlap = set(seeds) & set(range(FIRST_TRAINING_SEED, FIRST_TRAINING_SEED + 10**6))
+    if overlap:
+        raise ValueError(f"evaluation seeds {sorted(overlap)[:5]}… are training seeds")
+    return evaluation.evaluate_on_phantoms(
+        phantom_segmenter(segmenter, recipe), lambda s: simulate_phantom(recipe, s), seeds, log=log
+    )
+
+
+# --------------------------------------------------------------------------- training
+
+
+def train_liver_model(
+    name: str,
+    out_dir: str | Path = lw.WEIGHTS_DIR,
+    settings: TrainingSettings | None = None,
+    *,
+    data_dir: Path | None = None,
+    phantoms: bool = True,
+    log: Callable[[str], None] = print,
+) -> dict[str, Any]:
+    """Train model *name* (a key of :data:`MODEL_RECIPES`), evaluate it on held-out phantoms, write it.
+
+    Returns the manifest. Deterministic for a seed, thread count and torch build
+    unless ``settings.minutes`` stops it early.
+    """
+    try:
+        recipe = MODEL_RECIPES[name]
+    except KeyError:
+        raise ValueError(f"unknown liver model {name!r} (known: {', '.join(MODEL_RECIPES)})") from None
+    settings = settings or TrainingSettings()
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    if settings.threads:
+        torch.set_num_threads(settings.threads)
+    torch.manual_seed(settings.seed)
+    deterministic_before = torch.are_deterministic_algorithms_enabled()
+    torch.use_deterministic_algorithms(True)
+    try:
+        return _train(recipe, out_dir, settings, data_dir, phantoms, log)
+    finally:
+        torch.use_deterministic_algorithms(deterministic_before)
+
+
+def _train(recipe: ModelRecipe, out_dir: Path, settings: TrainingSettings, data_dir: Path | None,
+           phantoms: bool, log: Callable[[str], None]) -> dict[str, Any]:
+    from monai.losses import DiceCELoss
+
+    rng = np.random.default_rng(settings.seed)
+    started = time.perf_counter()
+    cases: list[TrainingCase] = []
+    next_seed = FIRST_TRAINING_SEED
+    if phantoms:
+        for _ in range(settings.pool_size):
+            cases.append(phantom_case(recipe, next_seed, settings))
+            next_seed += 1
+    site: list[TrainingCase] = site_cases(data_dir, recipe, settings, log) if data_dir else []
+    if not cases and not site:
+        raise TrainingDataError("no training data: enable phantoms or give --data with labelled studies")
+    simulate_s = time.perf_counter() - started
+    log(f"{recipe.name}: {len(cases)} phantoms and {len(site)} site studies prepared in {simulate_s:.0f} s")
+
+    model = build_model(recipe.model_kind, recipe.architecture)
+    divisor = int(getattr(model, "size_divisor", 1))
+    if any(p % divisor for p in settings.patch_size):
+        raise ValueError(f"patch size {settings.patch_size} must be multiples of {divisor}")
+    loss_fn = DiceCELoss(to_onehot_y=True, softmax=True, batch=True)
+    optimiser = torch.optim.Adam(model.parameters(), lr=settings.learning_rate)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimiser, lambda step: 0.5 * (1 + math.cos(math.pi * min(step, settings.steps) / settings.steps))
+    )
+    budget_s = settings.minutes * 60.0 if settings.minutes else None
+    train_started = time.perf_counter()
+    history: list[dict[str, float]] = []
+    running = 0.0
+    steps_run = 0
+    simulate_during_s = 0.0
+    model.train()
+    for step in range(settings.steps):
+        if budget_s is not None and time.perf_counter() - train_started > budget_s:
+            log(f"time budget of {settings.minutes} min reached after {step} steps")
+            break
+        if phantoms and settings.refresh_every and step and step % settings.refresh_every == 0:
+            t0 = time.perf_counter()
+            cases[(step // settings.refresh_every - 1) % len(cases)] = phantom_case(recipe, next_seed, settings)
+            next_seed += 1
+            simulate_during_s += time.perf_counter() - t0
+        x, y = make_batch(cases + site, settings, rng)
+        optimiser.zero_grad(set_to_none=True)
+        loss = loss_fn(model(x), y)
+        loss.backward()
+        optimiser.step()
+        scheduler.step()
+        steps_run = step + 1
+        running += float(loss)
+        if steps_run % 25 == 0:
+            history.append({"step": steps_run, "loss": round(running / 25, 4),
+                            "seconds": round(time.perf_counter() - train_started, 1)})
+            log(f"step {steps_run}/{settings.steps}: loss {running / 25:.4f} "
+                f"({time.perf_counter() - train_started:.0f} s)")
+            running = 0.0
+    train_s = time.perf_counter() - train_started
+    model.eval()
+
+    weights_file = f"{recipe.model_version}.pt"
+    sha = lw.save_weights(model, out_dir / weights_file)
+    training = {
+        "recipe": recipe.name,
+        "description": recipe.description,
+        "settings": settings.to_json(),
+        "steps_run": steps_run,
+        "stopped_by_time_budget": steps_run < settings.steps,
+        "phantom_seeds": [FIRST_TRAINING_SEED, next_seed - 1] if phantoms else None,
+        "site_studies": [c.source for c in site],
+        "loss": "Dice + cross-entropy (MONAI DiceCELoss, softmax, batch Dice)",
+        "optimiser": f"Adam, lr {settings.learning_rate} with cosine decay over {settings.steps} steps",
+        "parameters": count_parameters(model),
+        "torch": torch.__version__,
+        "simulation_seconds": round(simulate_s + simulate_during_s, 1),
+        "training_seconds": round(train_s - simulate_during_s, 1),
+        "history": history,
+    }
+    manifest = lw.build_manifest(
+        model_version=recipe.model_version,
+        model_kind=recipe.model_kind,
+        architecture=config_to_json(model.config),  # type: ignore[arg-type]
+        weights_file=weights_file,
+        weights_sha256=sha,
+        channels=recipe.channels,
+        modality=recipe.modality,
+        spacing_zyx_mm=settings.model_spacing,
+        normalisation=preprocess.default_normalisation(recipe.modality),
+        patch_size_zyx=settings.patch_size,
+        training=training,
+    )
+    manifest_path = out_dir / f"{recipe.model_version}.json"
+    lw.write_manifest(manifest, manifest_path)
+    if settings.evaluation_cases > 0 and phantoms:
+        seeds = list(evaluation.EVALUATION_SEEDS)[: settings.evaluation_cases]
+        t0 = time.perf_counter()
+        report = evaluate_recipe(lw.LiverSegmenter.load(manifest_path, device="cpu"), recipe, seeds, log=log)
+        manifest["metrics"] = {"held_out_phantoms": {"seeds": [seeds[0], seeds[-1]], **report["summary"],
+                                                     "seconds": round(time.perf_counter() - t0, 1)}}
+        lw.write_manifest(manifest, manifest_path)
+    write_model_card(out_dir)
+    log(f"{recipe.name}: wrote {manifest_path} (sha256 {sha[:12]}…)")
+    return manifest
+
+
+# --------------------------------------------------------------------------- model card
+
+
+def _fmt(value: Any, digits: int = 3) -> str:
+    return "n/a" if value is None else f"{value:.{digits}f}" if isinstance(value, float) else str(value)
+
+
+def write_model_card(out_dir: Path) -> Path:
+    """Regenerate the model card from every liver manifest in *out_dir*."""
+    manifests = []
+    for name, recipe in MODEL_RECIPES.items():
+        path = out_dir / f"{recipe.model_version}.json"
+        if path.is_file():
+            manifests.append((name, json.loads(path.read_text())))
+    path = out_dir / MODEL_CARD
+    path.write_text(model_card(manifests))
+    return path
+
+
+def model_card(manifests: Sequence[tuple[str, dict[str, Any]]]) -> str:
+    """The model card (Markdown) for the liver models' manifests."""
+    lines = [
+        "# Liver and liver-tumour segmentation models",
+        "",
+        "**Research use only. Not a medical device.** Trained and tested only on the project's liver",
+        "phantom (`inference/liver/phantom.py`); never validated on patient data.",
+        "",
+        "## What they do",
+        "",
+        "Label every voxel background / liver / tumour (the liver includes its tumours) in a liver",
+        "DCE-MRI study (four phases: pre-contrast, arterial, portal-venous, delayed) or a portal-venous",
+        "CT. Science: seed 002 (4D DCE-MRI, 3D CNN + ConvLSTM, \"fused U-Net\") and seed 000 (CT U-Net).",
+        "Architectures and where they differ from the seeds: `inference/liver/models.py`.",
+        "",
+        "| model | network | input | parameters | weights sha256 |",
+        "|---|---|---|---|---|",
+    ]
+    for name, m in manifests:
+        lines.append(f"| `{m['model_version']}` | {m['training']['description']} | "
+                     f"{', '.join(m['input']['channels'])} ({m['input']['modality']}) | "
+                     f"{m['training']['parameters']:,} | `{m['weights_sha256'][:16]}…` |")
+    first = manifests[0][1] if manifests else None
+    if first:
+        s = first["training"]["settings"]
+        lines += [
+            "",
+            "## Inputs and inference",
+            "",
+            f"* Model spacing {' × '.join(f'{v:g}' for v in first['input']['spacing_zyx_mm'])} mm (z, y, x); a study is",
+            "  resampled to it (linear) and the probabilities back onto its grid (linear, then argmax).",
+            "* Normalisation: CT clipped to −150…250 HU and mapped to −1…1; MR per channel, the 1st and",
+            "  99th percentiles inside the body (Otsu mask of the channel mean) mapped to 0 and 1, clipped",
+            "  to −0.5…2.",
+            f"* Sliding windows of {' × '.join(map(str, s['patch_size']))} voxels, overlap 0.5, Gaussian blending "
+            "(MONAI); softmax.",
+            "* Post-processing: largest connected liver (with tumours); tumour components mostly outside",
+            "  the 5 mm liver envelope dropped; lesions under 0.1 ml become liver (configurable).",
+            "* The DCE phases must be co-registered onto the portal phase first (the pipeline does this",
+            "  with `dicom_io.registration`; training undoes the phantom's known motion instead).",
+            "",
+            "## Training data",
+            "",
+            f"Phantoms from `simulate_liver_mr` / `simulate_liver_ct` with seeds from {FIRST_TRAINING_SEED} on: a pool of",
+            f"{s['pool_size']} cases, one replaced by a new seed every {s['refresh_every']} steps. Evaluation uses seeds",
+            "0–99, never seen in training. A site adds its own labelled studies with `--data DIR`",
+            "(one folder per study: image series + a SEG whose segment labels name the liver and the",
+            "tumours); they are read exactly as the pipeline reads a study.",
+            "",
+            "## Recipe",
+            "",
+            f"Random crops ({int(100 * s['tumour_crop_fraction'])} % centred on tumour, "
+            f"{int(100 * s['liver_crop_fraction'])} % on liver, the rest anywhere), per-channel",
+            f"intensity jitter ±{s['intensity_jitter']}, batch {s['batch_size']}, Dice + cross-entropy, "
+            f"Adam lr {s['learning_rate']} with cosine decay.",
+            "Seeded (`torch.manual_seed`, one numpy Generator), deterministic algorithms, "
+            f"{s['threads']} CPU thread(s).",
+            "",
+            "| model | steps | simulation s | training s | final loss |",
+            "|---|---|---|---|---|",
+        ]
+        for name, m in manifests:
+            t = m["training"]
+            final = t["history"][-1]["loss"] if t["history"] else None
+            lines.append(f"| `{m['model_version']}` | {t['steps_run']} of {t['settings']['steps']} | "
+                         f"{t['simulation_seconds']} | {t['training_seconds']} | {_fmt(final, 4)} |")
+    lines += [
+        "",
+        "## Held-out metrics",
+        "",
+        "Phantom seeds never used in training, run through the whole inference path (normalise,",
+        "resample, sliding window, resample back, post-process). Dice/IoU/HD95/precision/recall are",
+        "case means over cases that have the class (\"global\" pools the voxels of all cases); a true",
+        "lesion is detected when a predicted component overlaps it with Dice > 0.1 or has its centre",
+        "in it. Targets (issue 5): liver Dice ≥ 0.95, tumour Dice ≥ 0.85, sensitivity ≥ 0.9 for",
+        "lesions ≥ 10 mm; the 4D model should beat the single-phase baseline on tumour Dice.",
+        "",
+        "| model | seeds | liver Dice | liver HD95 mm | tumour Dice | tumour Dice global | tumour HD95 mm | "
+        "tumour precision | tumour recall | sensitivity | sensitivity ≥ 10 mm | FP / case |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for name, m in manifests:
+        h = m.get("metrics", {}).get("held_out_phantoms")
+        if not h:
+            lines.append(f"| `{m['model_version']}` | not evaluated | | | | | | | | | | |")
+            continue
+        lv, tu, le = h["liver"], h["tumour"], h["lesions"]
+        lines.append(
+            f"| `{m['model_version']}` | {h['seeds'][0]}–{h['seeds'][1]} | {_fmt(lv['dice'])} | {_fmt(lv['hd95_mm'], 1)} | "
+            f"{_fmt(tu['dice'])} | {_fmt(tu['dice_global'])} | {_fmt(tu['hd95_mm'], 1)} | {_fmt(tu['precision'])} | "
+            f"{_fmt(tu['recall'])} | {_fmt(le['sensitivity'])} ({le['detected']}/{le['count']}) | "
+            f"{_fmt(le['sensitivity_ge_10mm'])} (of {le['count_ge_10mm']}) | {_fmt(le['false_positives_per_case'], 2)} |"
+        )
+    lines += [
+        "",
+        "## Limits",
+        "",
+        "* Phantom-only training: real livers, scanners, artefacts (breathing, fat, iron, bowel gas,",
+        "  stents) and real lesion appearances differ; expect a drop on patient data and retrain with",
+        "  `--data` on the site's labelled studies before any research use.",
+        "* Small widths and a short CPU training: small lesions (a few voxels) are missed more often",
+        "  than large ones; the \"≥ 10 mm\" sensitivity is the meaningful one.",
+        "* The DCE model assumes the phases are aligned; the pipeline's rigid registration does not",
+        "  correct non-rigid breathing deformation.",
+        "",
+        "## Reproduce",
+        "",
+        "```",
+    ]
+    for name, m in manifests:
+        s = m["training"]["settings"]
+        lines.append(f"pacsnode train {name} --seed {s['seed']} --steps {s['steps']} "
+                     f"--evaluation-cases {s['evaluation_cases']} --out inference/liver/weights")
+    lines += [
+        "# equivalently: python -m inference.liver.training liver-seg-mr --seed 0 ...",
+        "```",
+        "",
+        "Deterministic for a given seed, torch build, thread count and CPU instruction set; another",
+        "CPU may give slightly different weights (and so another sha256). `LiverSegmenter.load`",
+        "refuses weights whose sha256 is not the manifest's.",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+# --------------------------------------------------------------------------- command line
+
+
+def main(argv: Sequence[str] | None = None, name: str | None = None) -> int:
+    """``pacsnode train liver-seg-mr | liver-seg-ct | liver-seg-mr-baseline``."""
+    parser = argparse.ArgumentParser(prog=f"pacsnode train {name or ''}".strip(), description=main.__doc__)
+    if name is None:
+        parser.add_argument("name", choices=sorted(MODEL_RECIPES))
+    defaults = TrainingSettings()
+    parser.add_argument("--out", default=str(lw.WEIGHTS_DIR), help="output directory")
+    parser.add_argument("--seed", type=int, default=defaults.seed)
+    parser.add_argument("--steps", type=int, default=defaults.steps)
+    parser.add_argument("--minutes", type=float, default=None, help="stop early after this many minutes")
+    parser.add_argument("--batch-size", type=int, default=defaults.batch_size)
+    parser.add_argument("--pool-size", type=int, default=defaults.pool_size)
+    parser.add_argument("--evaluation-cases", type=int, default=defaults.evaluation_cases,
+                        help="held-out phantoms (seeds 0…) to evaluate on afterwards")
+    parser.add_argument("--threads", type=int, default=defaults.threads)
+    parser.add_argument("--data", type=Path, default=None,
+                        help="folder of labelled site studies (one subfolder per study: series + SEG)")
+    parser.add_argument("--no-phantoms", action="store_true", help="train on the --data studies only")
+    args = parser.parse_args(argv)
+    settings = TrainingSettings(
+        seed=args.seed, steps=args.steps, minutes=args.minutes, batch_size=args.batch_size,
+        pool_size=args.pool_size, evaluation_cases=args.evaluation_cases, threads=args.threads,
+    )
+    train_liver_model(name or args.name, args.out, settings, data_dir=args.data, phantoms=not args.no_phantoms)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

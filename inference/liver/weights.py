@@ -1,0 +1,311 @@
+"""Versioned liver segmentation weights, their manifest, and the segmenter that runs them.
+
+A model travels as two files side by side: ``<version>.pt`` (a torch state
+dict) and ``<version>.json``, the manifest. The manifest says what the weights
+are (model kind and architecture), what they expect (channels in order,
+modality, model spacing, normalisation, patch size), what they output (classes),
+how they were made (training recipe, seed, metrics) and the weights' sha256.
+:meth:`LiverSegmenter.load` refuses weights whose hash differs from the
+manifest's, so a site always knows which model produced a result.
+
+:meth:`LiverSegmenter.predict` runs the model over channels already on the
+model grid with MONAI's sliding-window inference (Gaussian blending, overlap
+0.5, windows of the manifest's patch size), so any volume fits in memory;
+:meth:`LiverSegmenter.segment` does the whole job for a study's arrays:
+normalise, resample to the model spacing, predict, and bring the
+probabilities back onto the study's grid.
+
+Research use only; not a medical device.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from monai.inferers import sliding_window_inference
+from torch import nn
+
+from inference.liver import preprocess
+from inference.liver.models import LIVER_CLASSES, ModelConfigError, build_model
+
+logger = logging.getLogger("pacsnode.inference.liver")
+
+MANIFEST_FORMAT = "pacsnode-liver-seg"
+MANIFEST_FORMAT_VERSION = 1
+#: Where the committed weights live.
+WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
+#: The committed models by name (each ``<name>.pt`` + ``<name>.json`` in :data:`WEIGHTS_DIR`).
+DEFAULT_MODELS = {
+    "mr": "liver-seg-mr-v1",
+    "ct": "liver-seg-ct-v1",
+    "mr-baseline": "liver-seg-mr-baseline-v1",
+}
+#: Sliding-window overlap between neighbouring windows (fraction of the window).
+SLIDING_WINDOW_OVERLAP = 0.5
+
+_REQUIRED = ("model_version", "model_kind", "architecture", "weights_file", "weights_sha256", "input", "classes")
+_REQUIRED_INPUT = ("channels", "modality", "spacing_zyx_mm", "normalisation", "patch_size_zyx")
+
+
+class LiverModelError(Exception):
+    """A liver segmentation model could not be loaded or run; the message says what to do."""
+
+
+class LiverWeightsMissingError(LiverModelError, FileNotFoundError):
+    """The manifest or the weights file it names does not exist."""
+
+
+class LiverManifestError(LiverModelError):
+    """The manifest cannot be read or does not describe a usable liver model."""
+
+
+class LiverWeightsTamperedError(LiverModelError):
+    """The weights file's sha256 is not the one in its manifest."""
+
+
+class LiverInputError(LiverModelError, ValueError):
+    """The arrays given to the segmenter do not match what the model expects."""
+
+
+def sha256_of_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def default_device() -> torch.device:
+    """CUDA when available, CPU otherwise."""
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def default_weights(name: str) -> Path:
+    """The manifest of a committed model: "mr", "ct" or "mr-baseline" (or a full model version)."""
+    version = DEFAULT_MODELS.get(name, name)
+    return WEIGHTS_DIR / f"{version}.json"
+
+
+def build_manifest(
+    *,
+    model_version: str,
+    model_kind: str,
+    architecture: Mapping[str, Any],
+    weights_file: str,
+    weights_sha256: str,
+    channels: Sequence[str],
+    modality: str,
+    spacing_zyx_mm: Sequence[float],
+    normalisation: Mapping[str, Any],
+    patch_size_zyx: Sequence[int],
+    training: Mapping[str, Any],
+    metrics: Mapping[str, Any] | None = None,
+) -> dict[str, Any]:
+    """The manifest that weights travel with (read back by :meth:`LiverSegmenter.load`)."""
+    return {
+        "format": MANIFEST_FORMAT,
+        "format_version": MANIFEST_FORMAT_VERSION,
+        "model_version": model_version,
+        "model_kind": model_kind,
+        "architecture": dict(architecture),
+        "weights_file": weights_file,
+        "weights_sha256": weights_sha256,
+        "input": {
+            "channels": list(channels),
+            "modality": modality,
+            "layout": "channel,z,y,x",
+            "spacing_zyx_mm": [float(s) for s in spacing_zyx_mm],
+            "normalisation": dict(normalisation),
+            "patch_size_zyx": [int(p) for p in patch_size_zyx],
+        },
+        "classes": list(LIVER_CLASSES),
+        "inference": {"sliding_window_overlap": SLIDING_WINDOW_OVERLAP, "blending": "gaussian"},
+        "training": dict(training),
+        "metrics": dict(metrics or {}),
+        "intended_use": "research use only; not a medical device",
+    }
+
+
+def read_manifest(path: str | Path) -> dict[str, Any]:
+    """Read and check a manifest; *path* may name the manifest (``.json``) or its weights (``.pt``)."""
+    path = Path(path)
+    manifest_file = path if path.suffix == ".json" else path.with_suffix(".json")
+    if not manifest_file.is_file():
+        raise LiverWeightsMissingError(
+            f"no liver model manifest at {manifest_file}; weights must come with the manifest written by "
+            "`pacsnode train liver-seg-mr` / `liver-seg-ct`"
+        )
+    try:
+        manifest = json.loads(manifest_file.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise LiverManifestError(f"cannot read liver model manifest {manifest_file}: {exc}") from exc
+    if not isinstance(manifest, dict) or manifest.get("format") != MANIFEST_FORMAT:
+        found = manifest.get("format") if isinstance(manifest, dict) else type(manifest).__name__
+        raise LiverManifestError(f"{manifest_file} is not a liver segmentation manifest (format {found!r})")
+    if manifest.get("format_version") != MANIFEST_FORMAT_VERSION:
+        raise LiverManifestError(
+            f"{manifest_file} has manifest format version {manifest.get('format_version')!r}; "
+            f"this pacsnode reads version {MANIFEST_FORMAT_VERSION}: upgrade pacsnode or retrain"
+        )
+    missing = [k for k in _REQUIRED if k not in manifest]
+    missing += [f"input.{k}" for k in _REQUIRED_INPUT if k not in manifest.get("input", {})]
+    if missing:
+        raise LiverManifestError(f"{manifest_file} lacks {', '.join(repr(m) for m in missing)}")
+    if list(manifest["classes"]) != list(LIVER_CLASSES):
+        raise LiverManifestError(
+            f"{manifest_file} has classes {manifest['classes']}; this pacsnode expects {list(LIVER_CLASSES)}"
+        )
+    manifest["_dir"] = str(manifest_file.parent)
+    return manifest
+
+
+class LiverSegmenter:
+    """A trained liver/tumour segmentation model with its manifest, ready to run.
+
+    Use :meth:`load` (the ``.pt`` file or its ``.json`` manifest); the weights'
+    sha256 must match the manifest's.
+    """
+
+    def __init__(self, model: nn.Module, manifest: Mapping[str, Any], device: torch.device | str | None = None):
+        self.device = torch.device(device) if device is not None else default_device()
+        self.model = model.to(self.device).eval()
+        self.manifest = dict(manifest)
+        spec = self.manifest["input"]
+        self.channels: tuple[str, ...] = tuple(spec["channels"])
+        self.modality: str = str(spec["modality"])
+        self.spacing: tuple[float, float, float] = tuple(float(s) for s in spec["spacing_zyx_mm"])  # type: ignore
+        self.normalisation: dict[str, Any] = dict(spec["normalisation"])
+        self.patch_size: tuple[int, int, int] = tuple(int(p) for p in spec["patch_size_zyx"])  # type: ignore
+        divisor = int(getattr(self.model, "size_divisor", 1))
+        if len(self.patch_size) != 3 or any(p % divisor for p in self.patch_size):
+            raise LiverManifestError(
+                f"manifest patch size {self.patch_size} is not three multiples of {divisor} for this model"
+            )
+
+    @classmethod
+    def load(cls, path: str | Path, device: torch.device | str | None = None) -> LiverSegmenter:
+        """Load weights and manifest, refusing weights whose sha256 is not the manifest's."""
+        manifest = read_manifest(path)
+        weights = Path(manifest["_dir"]) / str(manifest["weights_file"])
+        if not weights.is_file():
+            raise LiverWeightsMissingError(f"liver model weights {weights} named by the manifest are missing")
+        actual = sha256_of_file(weights)
+        if actual != manifest["weights_sha256"]:
+            raise LiverWeightsTamperedError(
+                f"liver model weights {weights} have sha256 {actual}, but the manifest expects "
+                f"{manifest['weights_sha256']}: the file was changed or belongs to other weights; restore it "
+                "or retrain with `pacsnode train liver-seg-mr` / `liver-seg-ct`"
+            )
+        try:
+            model = build_model(str(manifest["model_kind"]), manifest["architecture"])
+        except ModelConfigError as exc:
+            raise LiverManifestError(f"manifest of {weights}: {exc}") from exc
+        try:
+            state = torch.load(weights, map_location="cpu", weights_only=True)
+            model.load_state_dict(state)
+        except Exception as exc:  # torch raises several types for malformed files
+            raise LiverManifestError(f"cannot load liver model weights {weights}: {exc}") from exc
+        segmenter = cls(model, manifest, device)
+        logger.info(
+            "liver model loaded",
+            extra={"model_version": segmenter.version, "device": str(segmenter.device), "weights": str(weights)},
+        )
+        return segmenter
+
+    @property
+    def version(self) -> str:
+        return str(self.manifest.get("model_version", "unknown"))
+
+    def _check_channels(self, channels: np.ndarray) -> np.ndarray:
+        channels = np.asarray(channels, dtype=np.float32)
+        if channels.ndim != 4 or channels.shape[0] != len(self.channels):
+            raise LiverInputError(
+                f"model {self.version} expects [{len(self.channels)} channels ({', '.join(self.channels)}), z, y, x], "
+                f"got shape {channels.shape}"
+            )
+        if not np.all(np.isfinite(channels)):
+            raise LiverInputError("the input has NaN or infinite values")
+        return channels
+
+    def predict(self, channels: np.ndarray, *, normalised: bool = False, sw_batch_size: int = 1) -> np.ndarray:
+        """Class probabilities ``[3, z, y, x]`` float32 for ``[P, z, y, x]`` channels on the model grid.
+
+        Channels are in the manifest's order (:attr:`channels`) at the model
+        spacing (:attr:`spacing`). Unless *normalised*, the manifest's
+        normalisation is applied first. Windows of :attr:`patch_size` overlap by
+        half and are blended with Gaussian weights; volumes smaller than a
+        window are padded (zeros after normalisation, which is air for MR and
+        the window's mid-level for CT) and the padding is cut off again.
+        """
+        channels = self._check_channels(channels)
+        if not normalised:
+            channels = preprocess.normalise(channels, self.normalisation)
+        inputs = torch.from_numpy(np.ascontiguousarray(channels))[None]
+        with torch.inference_mode():
+            logits = sliding_window_inference(
+                inputs,
+                roi_size=self.patch_size,
+                sw_batch_size=sw_batch_size,
+                predictor=self.model,
+                overlap=SLIDING_WINDOW_OVERLAP,
+                mode="gaussian",
+                padding_mode="constant",
+                cval=0.0,
+                sw_device=self.device,
+                device=torch.device("cpu"),
+            )
+            probabilities = torch.softmax(logits.float(), dim=1)[0]
+        return probabilities.numpy().astype(np.float32, copy=False)
+
+    def segment(self, channels: np.ndarray, spacing: Sequence[float]) -> np.ndarray:
+        """Probabilities ``[3, z, y, x]`` on the study's own grid for its raw ``[P, z, y, x]`` channels.
+
+        Normalises, resamples to the model spacing, runs :meth:`predict`, and
+        resamples the probabilities back onto the study's grid (*spacing* zyx mm).
+        """
+        channels = self._check_channels(channels)
+        normalised = preprocess.normalise(channels, self.normalisation)
+        on_model_grid = preprocess.to_model_grid(normalised, spacing, self.spacing)
+        probabilities = self.predict(on_model_grid, normalised=True)
+        return preprocess.probabilities_to_grid(probabilities, self.spacing, channels.shape[1:], spacing)
+
+
+def save_weights(model: nn.Module, weights_path: Path) -> str:
+    """Write *model*'s state dict to *weights_path* and return its sha256."""
+    weights_path.parent.mkdir(parents=True, exist_ok=True)
+    torch.save({k: v.detach().cpu() for k, v in model.state_dict().items()}, weights_path)
+    return sha256_of_file(weights_path)
+
+
+def write_manifest(manifest: Mapping[str, Any], path: Path) -> None:
+    clean = {k: v for k, v in manifest.items() if not k.startswith("_")}
+    path.write_text(json.dumps(clean, indent=2) + "\n")
+
+
+__all__ = [
+    "DEFAULT_MODELS",
+    "MANIFEST_FORMAT",
+    "MANIFEST_FORMAT_VERSION",
+    "SLIDING_WINDOW_OVERLAP",
+    "WEIGHTS_DIR",
+    "LiverInputError",
+    "LiverManifestError",
+    "LiverModelError",
+    "LiverSegmenter",
+    "LiverWeightsMissingError",
+    "LiverWeightsTamperedError",
+    "build_manifest",
+    "default_device",
+    "default_weights",
+    "read_manifest",
+    "save_weights",
+    "sha256_of_file",
+    "write_manifest",
+]
