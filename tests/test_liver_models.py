@@ -1,0 +1,310 @@
+"""Liver segmentation models: networks, weights and manifest, pre/post-processing, metrics, committed weights."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from inference.liver import evaluation as ev
+from inference.liver import models, postprocess, preprocess
+from inference.liver import weights as lw
+
+torch.set_num_threads(1)
+
+DCE = ("pre", "arterial", "portal", "delayed")
+
+
+def _small_fused() -> models.FusedUNet4D:
+    torch.manual_seed(0)
+    return models.FusedUNet4D(models.FusedUNet4DConfig(widths=(4, 8, 8), lstm_kernels=(1, 3, 3))).eval()
+
+
+def _write_model(tmp: Path, model: torch.nn.Module, kind: str, channels: tuple[str, ...], modality: str,
+                 patch: tuple[int, int, int] = (16, 32, 32), name: str = "test-v1") -> Path:
+    sha = lw.save_weights(model, tmp / f"{name}.pt")
+    manifest = lw.build_manifest(
+        model_version=name, model_kind=kind, architecture=models.config_to_json(model.config),
+        weights_file=f"{name}.pt", weights_sha256=sha, channels=channels, modality=modality,
+        spacing_zyx_mm=(4.0, 3.0, 3.0), normalisation=preprocess.default_normalisation(modality),
+        patch_size_zyx=patch, training={"note": "test"},
+    )
+    path = tmp / f"{name}.json"
+    lw.write_manifest(manifest, path)
+    return path
+
+
+# --------------------------------------------------------------------------- networks
+
+
+def test_models_map_channels_to_three_class_logits_of_the_input_size():
+    fused = _small_fused()
+    unet = models.UNet3D(models.UNet3DConfig(in_channels=1, widths=(4, 8, 8))).eval()
+    with torch.no_grad():
+        assert fused(torch.randn(2, 4, 8, 16, 24)).shape == (2, 3, 8, 16, 24)
+        assert unet(torch.randn(1, 1, 8, 16, 24)).shape == (1, 3, 8, 16, 24)
+    with pytest.raises(ValueError, match="expected"):
+        fused(torch.randn(1, 3, 8, 16, 16))
+
+
+def test_default_models_are_small_enough_to_commit():
+    for kind, arch in (("fused-unet-4d", {}), ("unet-3d", {})):
+        model = models.build_model(kind, arch)
+        assert models.count_parameters(model) * 4 < 4_000_000  # float32 bytes
+
+
+def test_convlstm_fusion_depends_on_the_phase_order():
+    model = _small_fused()
+    x = torch.randn(1, 4, 8, 16, 16)
+    with torch.no_grad():
+        forward = model(x)
+        permuted = model(x[:, [2, 0, 3, 1]])
+        again = model(x)
+    assert torch.equal(forward, again)
+    assert (forward - permuted).abs().max() > 1e-4
+
+
+def test_build_model_rejects_unknown_kinds_and_fields():
+    with pytest.raises(models.ModelConfigError, match="unknown model kind"):
+        models.build_model("resnet", {})
+    with pytest.raises(models.ModelConfigError, match="unknown fields"):
+        models.build_model("unet-3d", {"depth": 3})
+
+
+# --------------------------------------------------------------------------- weights, manifest, sliding window
+
+
+def test_sliding_window_equals_whole_volume_inference_when_one_window_fits(tmp_path):
+    model = _small_fused()
+    path = _write_model(tmp_path, model, "fused-unet-4d", DCE, "MR", patch=(8, 16, 16))
+    segmenter = lw.LiverSegmenter.load(path, device="cpu")
+    x = np.random.default_rng(1).normal(size=(4, 8, 16, 16)).astype(np.float32)
+    probabilities = segmenter.predict(x, normalised=True)
+    with torch.no_grad():
+        direct = torch.softmax(model(torch.from_numpy(x)[None]), dim=1)[0].numpy()
+    np.testing.assert_allclose(probabilities, direct, atol=1e-5)
+
+
+def test_sliding_window_handles_volumes_larger_and_smaller_than_the_patch(tmp_path):
+    model = models.UNet3D(models.UNet3DConfig(widths=(4, 8, 8))).eval()
+    path = _write_model(tmp_path, model, "unet-3d", ("ct",), "CT", patch=(8, 16, 16))
+    segmenter = lw.LiverSegmenter.load(path, device="cpu")
+    rng = np.random.default_rng(2)
+    for shape in ((1, 21, 45, 38), (1, 5, 9, 30)):
+        hu = rng.normal(40, 80, size=shape).astype(np.float32)
+        probabilities = segmenter.predict(hu)
+        assert probabilities.shape == (3, *shape[1:])
+        np.testing.assert_allclose(probabilities.sum(axis=0), 1.0, atol=1e-5)
+    # Far from the borders of a large volume, tiling does not change the answer much:
+    # a window-sized crop around the centre gives nearly the same probabilities there.
+    big = rng.normal(40, 80, size=(1, 24, 48, 48)).astype(np.float32)
+    whole = segmenter.predict(big)
+    crop = segmenter.predict(big[:, 8:16, 16:32, 16:32])
+    assert np.abs(whole[:, 10:14, 20:28, 20:28] - crop[:, 2:6, 4:12, 4:12]).mean() < 0.05
+    with pytest.raises(lw.LiverInputError, match="expects"):
+        segmenter.predict(np.zeros((2, 8, 16, 16), np.float32))
+
+
+def test_load_refuses_tampered_missing_and_malformed_weights(tmp_path):
+    path = _write_model(tmp_path, models.UNet3D(models.UNet3DConfig(widths=(4, 8))), "unet-3d", ("ct",), "CT",
+                        patch=(8, 8, 8))
+    assert lw.LiverSegmenter.load(path, device="cpu").version == "test-v1"
+    assert lw.LiverSegmenter.load(path.with_suffix(".pt"), device="cpu").channels == ("ct",)
+
+    tampered = tmp_path / "tampered"
+    shutil.copytree(tmp_path, tampered, ignore=shutil.ignore_patterns("tampered"))
+    data = bytearray((tampered / "test-v1.pt").read_bytes())
+    data[-20] ^= 0xFF
+    (tampered / "test-v1.pt").write_bytes(bytes(data))
+    with pytest.raises(lw.LiverWeightsTamperedError, match="sha256"):
+        lw.LiverSegmenter.load(tampered / "test-v1.json")
+
+    with pytest.raises(lw.LiverWeightsMissingError, match="no liver model manifest"):
+        lw.LiverSegmenter.load(tmp_path / "absent.json")
+    (tampered / "test-v1.pt").unlink()
+    with pytest.raises(lw.LiverWeightsMissingError, match="are missing"):
+        lw.LiverSegmenter.load(tampered / "test-v1.json")
+
+    broken = tmp_path / "broken.json"
+    broken.write_text("{not json")
+    with pytest.raises(lw.LiverManifestError, match="cannot read"):
+        lw.LiverSegmenter.load(broken)
+    manifest = json.loads(path.read_text())
+    manifest["format_version"] = 99
+    broken.write_text(json.dumps(manifest))
+    with pytest.raises(lw.LiverManifestError, match="format version"):
+        lw.LiverSegmenter.load(broken)
+    manifest["format_version"] = lw.MANIFEST_FORMAT_VERSION
+    del manifest["input"]["spacing_zyx_mm"]
+    broken.write_text(json.dumps(manifest))
+    with pytest.raises(lw.LiverManifestError, match="spacing_zyx_mm"):
+        lw.LiverSegmenter.load(broken)
+
+
+# --------------------------------------------------------------------------- preprocessing
+
+
+def test_resampling_round_trip_keeps_a_smooth_image_and_exact_labels():
+    z, y, x = np.meshgrid(np.arange(20) * 4.0, np.arange(40) * 3.0, np.arange(36) * 3.0, indexing="ij")
+    image = (np.sin(z / 25) + np.cos(y / 30) * np.sin(x / 20)).astype(np.float32)
+    fine = preprocess.resample(image, (4, 3, 3), (2.0, 1.5, 1.5))
+    assert fine.shape == (40, 80, 72)
+    back = preprocess.resample(fine, (2.0, 1.5, 1.5), (4, 3, 3), shape=image.shape)
+    assert back.shape == image.shape
+    assert np.abs(back - image)[1:-1, 1:-1, 1:-1].max() < 0.02
+    labels = (image > 0.5).astype(np.uint8)
+    up = preprocess.resample(labels, (4, 3, 3), (2.0, 1.5, 1.5), interpolation="nearest")
+    assert up.dtype == np.uint8 and set(np.unique(up)) <= {0, 1}
+    assert np.array_equal(preprocess.resample(up, (2.0, 1.5, 1.5), (4, 3, 3), shape=labels.shape,
+                                              interpolation="nearest"), labels)
+    probabilities = np.stack([1 - labels, labels, np.zeros_like(labels)]).astype(np.float32)
+    onto = preprocess.probabilities_to_grid(probabilities, (4, 3, 3), (30, 60, 54), (8 / 3, 2.0, 2.0))
+    np.testing.assert_allclose(onto.sum(axis=0), 1.0, atol=1e-5)
+
+
+def test_normalisation_ct_window_and_mr_percentiles_inside_the_body():
+    hu = np.array([[[[-1000.0, -150.0, 50.0, 250.0, 3000.0]]]], np.float32)
+    np.testing.assert_allclose(preprocess.normalise(hu, preprocess.default_normalisation("CT"))[0, 0, 0],
+                               [-1, -1, 0, 1, 1])
+    rng = np.random.default_rng(3)
+    mr = rng.normal(2.0, 0.5, size=(2, 10, 40, 40)).clip(0)  # air
+    mr[:, :, 10:30, 10:30] = rng.uniform(100, 200, size=(2, 10, 20, 20))  # body
+    mr[1] *= 7.0  # another phase, another scale
+    out = preprocess.normalise(mr, preprocess.default_normalisation("MR"))
+    for channel in out:
+        body = channel[:, 10:30, 10:30]
+        assert abs(np.percentile(body, 1)) < 0.02 and abs(np.percentile(body, 99) - 1) < 0.02
+        assert channel[:, :5, :5].max() < -0.4  # air is far below the body's 1st percentile
+    with pytest.raises(preprocess.PreprocessError, match="unknown normalisation"):
+        preprocess.normalise(mr, {"method": "z-score"})
+
+
+# --------------------------------------------------------------------------- post-processing
+
+
+SPACING = (4.0, 3.0, 3.0)
+
+
+def _grid(shape=(30, 60, 60)):
+    return np.meshgrid(*(np.arange(n) * s for n, s in zip(shape, SPACING, strict=True)), indexing="ij")
+
+
+def test_postprocessing_keeps_the_largest_liver_and_drops_tumours_outside_it():
+    z, y, x = _grid()
+    labels = np.zeros(z.shape, np.uint8)
+    liver = ((z - 60) / 40) ** 2 + ((y - 90) / 60) ** 2 + ((x - 70) / 50) ** 2 < 1
+    labels[liver] = 1
+    inside = (z - 60) ** 2 + (y - 90) ** 2 + (x - 70) ** 2 < 12**2
+    labels[inside] = 2
+    spleen = ((z - 60) / 20) ** 2 + ((y - 90) / 20) ** 2 + ((x - 155) / 12) ** 2 < 1  # separate, with a "tumour"
+    labels[spleen] = 1
+    labels[(z - 60) ** 2 + (y - 90) ** 2 + (x - 155) ** 2 < 6**2] = 2
+    attached = (z - 60) ** 2 + (y - 90) ** 2 + (x - 130) ** 2 < 10**2  # touches the liver, mostly outside
+    labels[attached & ~liver] = 2
+    seg = postprocess.postprocess_labels(labels, SPACING)
+    assert not seg.labels[spleen].any()
+    assert (seg.labels[inside] == 2).all()
+    assert not (seg.labels[attached & ~liver] == 2).any()
+    assert len(seg.lesions) == 1
+    assert np.array_equal(seg.lesion_labels > 0, seg.labels == 2)
+    assert seg.liver_volume_ml == pytest.approx(np.count_nonzero(liver) * 0.036, rel=1e-6)
+
+
+def test_lesion_volume_and_diameters_of_a_sphere_and_an_ellipsoid():
+    z, y, x = _grid((40, 80, 80))
+    labels = np.zeros(z.shape, np.uint8)
+    labels[((z - 80) / 70) ** 2 + ((y - 120) / 110) ** 2 + ((x - 120) / 110) ** 2 < 1] = 1
+    sphere = (z - 80) ** 2 + (y - 70) ** 2 + (x - 90) ** 2 < 15**2
+    ellipsoid = ((z - 80) / 10) ** 2 + ((y - 170) / 12) ** 2 + ((x - 150) / 24) ** 2 < 1
+    labels[sphere | ellipsoid] = 2
+    small = (z - 120) ** 2 + (y - 120) ** 2 + (x - 60) ** 2 < 2**2  # a 1-voxel speck
+    labels[small] = 2
+    seg = postprocess.postprocess_labels(labels, SPACING, min_volume_ml=0.1)
+    assert len(seg.lesions) == 2
+    by_size = {round(les.volume_ml): les for les in seg.lesions}
+    # Diameters are distances between voxel centres: up to one in-plane voxel (3 mm) short at each end.
+    ball = seg.lesions[0]
+    assert ball.volume_ml == pytest.approx(4 / 3 * np.pi * 15**3 / 1000, rel=0.1)
+    assert 30 - 6 <= ball.longest_diameter_mm <= 30 + 1
+    assert 30 - 6 <= ball.longest_axial_diameter_mm <= 30 + 1
+    np.testing.assert_allclose(ball.centre_zyx_mm, (80, 70, 90), atol=0.5)
+    egg = seg.lesions[1]
+    assert egg.volume_ml == pytest.approx(4 / 3 * np.pi * 10 * 12 * 24 / 1000, rel=0.15)
+    assert 48 - 6 <= egg.longest_diameter_mm <= 48 + 1
+    assert egg.longest_axial_diameter_mm == pytest.approx(egg.longest_diameter_mm, abs=3)
+    assert len(by_size) == 2
+    assert seg.labels[small].tolist() == [1] * int(small.sum())  # too small: became liver
+    assert postprocess.postprocess_labels(labels, SPACING, min_diameter_mm=35).lesions[0].longest_diameter_mm > 35
+
+
+def test_labels_from_probabilities_takes_the_most_probable_class():
+    p = np.zeros((3, 1, 1, 3), np.float32)
+    p[:, 0, 0, 0] = (0.5, 0.3, 0.2)
+    p[:, 0, 0, 1] = (0.2, 0.5, 0.3)
+    p[:, 0, 0, 2] = (0.1, 0.4, 0.5)
+    assert postprocess.labels_from_probabilities(p).ravel().tolist() == [0, 1, 2]
+
+
+# --------------------------------------------------------------------------- metrics
+
+
+def test_overlap_and_surface_metrics_on_known_masks():
+    a = np.zeros((20, 30, 30), bool)
+    a[5:15, 5:15, 5:15] = True
+    b = np.zeros_like(a)
+    b[5:15, 5:15, 8:18] = True  # shifted 3 voxels along x
+    m = ev.mask_metrics(b, a, (4.0, 3.0, 2.0))
+    assert m["dice"] == pytest.approx(0.7)
+    assert m["iou"] == pytest.approx(700 / 1300)
+    assert m["precision"] == pytest.approx(0.7) and m["recall"] == pytest.approx(0.7)
+    assert m["hd95_mm"] == pytest.approx(6.0)
+    assert ev.hd95(a, a, (1, 1, 1)) == 0.0
+    assert np.isnan(ev.hd95(a, np.zeros_like(a), (1, 1, 1)))
+    assert np.isnan(ev.dice(np.zeros_like(a), np.zeros_like(a)))
+    labels_pred = a.astype(np.uint8)
+    labels_true = a.astype(np.uint8)
+    labels_true[8:12, 8:12, 8:12] = 2
+    per_class = ev.segmentation_metrics(labels_pred, labels_true, (1, 1, 1))
+    assert per_class["liver"]["dice"] == 1.0
+    assert per_class["tumour"]["recall"] == 0.0
+
+
+def test_lesion_detection_counts_detections_and_false_positives():
+    truth = np.zeros((10, 40, 40), np.int16)
+    truth[2:6, 2:10, 2:10] = 1  # large, found
+    truth[2:4, 20:22, 20:22] = 2  # small, missed
+    truth[7:9, 33:36, 5:8] = 3  # found only through the centre of a much larger predicted blob (Dice 0.04)
+    pred = np.zeros_like(truth)
+    pred[2:6, 3:11, 3:11] = 1
+    pred[5:10, 28:40, 0:14] = 2
+    pred[2:4, 30:36, 30:36] = 3  # touches nothing: false positive
+    matches, false_positives = ev.lesion_detection(pred, truth, {1: 25.0, 2: 6.0, 3: 24.0})
+    assert [m.detected for m in matches] == [True, False, True]
+    assert matches[2].best_dice < ev.DETECTION_DICE
+    assert false_positives == 1
+    cases = [{"metrics": ev.segmentation_metrics(np.zeros((2, 2, 2)), np.zeros((2, 2, 2)), (1, 1, 1)),
+              "lesions": [m.__dict__ for m in matches], "false_positives": false_positives}]
+    summary = ev.summarise(cases)["lesions"]
+    assert summary["sensitivity"] == pytest.approx(2 / 3, abs=1e-3)
+    assert summary["sensitivity_ge_10mm"] == 1.0
+    assert summary["false_positives_per_case"] == 1.0
+
+
+# --------------------------------------------------------------------------- committed weights
+
+
+@pytest.mark.parametrize("name", ["mr", "ct"])
+def test_committed_weights_segment_a_held_out_phantom(name):
+    from inference.liver import training
+
+    path = lw.default_weights(name)
+    segmenter = lw.LiverSegmenter.load(path, device="cpu")
+    recipe = training.MODEL_RECIPES["liver-seg-mr" if name == "mr" else "liver-seg-ct"]
+    assert segmenter.channels == recipe.channels
+    phantom = training.simulate_phantom(recipe, 7)  # evaluation seed, never trained on
+    seg = training.phantom_segmenter(segmenter, recipe)(phantom)
+    assert ev.dice(seg.labels > 0, phantom.labels > 0) >= 0.9
