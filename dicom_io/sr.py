@@ -16,11 +16,23 @@ measurement, as TID 4019 Algorithm Identification. Every instance the
 content references (source images, the SEG, any extra evidence) is listed as
 evidence; highdicom refuses a report whose references are not.
 
+Besides segment groups (:class:`SegmentFindings`), a report can carry:
+
+* :class:`ImageRegionFindings`: measurements about a set of voxels marked as
+  POINT image regions (SCOORD, one per voxel, each SELECTED FROM its source
+  slice) in a TID 1411 group, e.g. the voxels an arterial input function was
+  averaged over. Points keep the report a Comprehensive SR (3D coordinates
+  would need Comprehensive 3D SR, which fewer systems accept);
+* :class:`ImageFindings`: measurements and coded answers about the images as
+  a whole (TID 1501), e.g. whether treatment criteria are met.
+
 Codes: volume SCT 118565006, diameter SCT 81827009 (or long/short axis),
-mismatch ratio DCM 113288 "Volume Ratio", probability DCM 122157. Mismatch
-volume and hypoperfusion intensity ratio have no standard concept; they use
-the private coding scheme ``99PACSNODE`` (declared in the Coding Scheme
-Identification Sequence), as PS3.16 allows for local codes.
+mismatch ratio DCM 113288 "Volume Ratio", probability DCM 122157, time of
+peak concentration DCM 126370, yes/no SCT 373066001/373067005. Concepts
+without a standard code use the private coding scheme ``99PACSNODE``
+(declared in the Coding Scheme Identification Sequence), as PS3.16 allows
+for local codes; they are all defined here (``PN-*``) so that none is given
+twice.
 """
 
 from __future__ import annotations
@@ -29,6 +41,7 @@ import logging
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import highdicom as hd
 import numpy as np
@@ -56,6 +69,21 @@ logger = logging.getLogger(__name__)
 PRIVATE_SCHEME = "99PACSNODE"
 MISMATCH_VOLUME = Code("PN-0001", PRIVATE_SCHEME, "Perfusion mismatch volume")
 HYPOPERFUSION_INTENSITY_RATIO = Code("PN-0002", PRIVATE_SCHEME, "Hypoperfusion intensity ratio")
+#: The curve deconvolution uses as arterial input (finding type of the AIF's voxels).
+ARTERIAL_INPUT_FUNCTION = Code("PN-0003", PRIVATE_SCHEME, "Arterial input function")
+VOXELS_AVERAGED = Code("PN-0004", PRIVATE_SCHEME, "Number of voxels averaged")
+PEAK_DELTA_R2STAR = Code("PN-0005", PRIVATE_SCHEME, "Peak change in transverse relaxation rate R2*")
+VOF_SCALING_FACTOR = Code("PN-0006", PRIVATE_SCHEME, "Venous output function scaling factor")
+AIF_QUALITY = Code("PN-0007", PRIVATE_SCHEME, "Arterial input function quality score")
+#: DEFUSE 3 (Albers et al., NEJM 2018) target mismatch: answered yes/no, with the limits applied.
+DEFUSE3_TARGET_MISMATCH = Code("PN-0010", PRIVATE_SCHEME, "DEFUSE 3 target mismatch criteria met")
+DEFUSE3_CORE_LIMIT = Code("PN-0011", PRIVATE_SCHEME, "DEFUSE 3 core volume limit")
+DEFUSE3_RATIO_LIMIT = Code("PN-0012", PRIVATE_SCHEME, "DEFUSE 3 mismatch ratio limit")
+DEFUSE3_MISMATCH_LIMIT = Code("PN-0013", PRIVATE_SCHEME, "DEFUSE 3 mismatch volume limit")
+#: DCM 126370, time from the first dynamic frame to the peak of a concentration curve.
+TIME_OF_PEAK_CONCENTRATION = codes.DCM.TimeOfPeakConcentration
+YES = codes.SCT.Yes
+NO = codes.SCT.No
 #: DCM 113288 "Volume Ratio": hypoperfused volume / core volume.
 MISMATCH_RATIO = codes.DCM.VolumeRatio
 PROBABILITY = codes.DCM.Probability
@@ -64,6 +92,9 @@ MILLILITRE = Code("ml", "UCUM", "milliliter")
 MILLIMETRE = codes.UCUM.Millimeter
 RATIO = codes.UCUM.Ratio
 NO_UNITS = codes.UCUM.NoUnits
+SECOND = Code("s", "UCUM", "second")
+PER_SECOND = Code("/s", "UCUM", "per second")
+VOXELS = Code("{voxels}", "UCUM", "voxels")
 
 
 @dataclass(frozen=True)
@@ -132,6 +163,11 @@ def hypoperfusion_intensity_ratio(ratio: float) -> ScalarMeasurement:
     return ScalarMeasurement(HYPOPERFUSION_INTENSITY_RATIO, ratio, RATIO)
 
 
+def yes_no(answer: bool) -> Code:
+    """SCT Yes (373066001) or No (373067005), the coded answer of a yes/no question."""
+    return YES if answer else NO
+
+
 @dataclass(frozen=True)
 class CodedFinding:
     """A qualitative finding: a coded class (``code``) with the classifier's ``probability`` (0-1).
@@ -175,6 +211,55 @@ class SegmentFindings:
             raise WriterError(f"segment_number must be a positive int, got {self.segment_number!r}")
 
 
+@dataclass(frozen=True)
+class ImageRegionFindings:
+    """Everything reported about a set of voxels; becomes one TID 1411 group of POINT image regions.
+
+    ``voxels`` are ``(slice, row, column)`` indices into the writer's
+    ``source_images`` (in the order given): each becomes a POINT at the
+    pixel's centre, SELECTED FROM that slice. Measurements reference the
+    slices the voxels lie on.
+    """
+
+    tracking_label: str
+    voxels: Sequence[Sequence[int]]
+    finding_type: Code
+    measurements: Sequence[Measurement] = ()
+    findings: Sequence[CodedFinding] = ()
+    finding_site: Code | None = None
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.tracking_label, str) or not self.tracking_label.strip():
+            raise WriterError(f"ImageRegionFindings needs a tracking label, got {self.tracking_label!r}")
+        voxels = np.asarray(self.voxels)
+        if voxels.ndim != 2 or voxels.shape[1] != 3 or len(voxels) == 0:
+            raise WriterError(f"{self.tracking_label}: voxels must be a non-empty list of (slice, row, column), "
+                              f"got shape {voxels.shape}")
+        if not np.issubdtype(voxels.dtype, np.integer) or (voxels < 0).any():
+            raise WriterError(f"{self.tracking_label}: voxel indices must be non-negative integers")
+        if not isinstance(self.finding_type, (Code, hd.sr.CodedConcept)):
+            raise WriterError(f"{self.tracking_label}: finding_type must be a coded concept")
+
+
+@dataclass(frozen=True)
+class ImageFindings:
+    """Measurements and coded answers about the images as a whole; becomes one TID 1501 group."""
+
+    tracking_label: str
+    measurements: Sequence[Measurement] = ()
+    findings: Sequence[CodedFinding] = ()
+    finding_type: Code | None = None
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.tracking_label, str) or not self.tracking_label.strip():
+            raise WriterError(f"ImageFindings needs a tracking label, got {self.tracking_label!r}")
+        if not self.measurements and not self.findings:
+            raise WriterError(f"{self.tracking_label}: an ImageFindings group needs a measurement or a finding")
+
+
+Group = SegmentFindings | ImageRegionFindings | ImageFindings
+
+
 class MeasurementReportWriter:
     """Builds TID 1500 Comprehensive SR measurement reports for one node identity."""
 
@@ -185,7 +270,7 @@ class MeasurementReportWriter:
         self,
         source_images: Sequence[Dataset],
         segmentation: Dataset,
-        groups: Sequence[SegmentFindings],
+        groups: Sequence[Group],
         algorithm: AlgorithmInfo,
         series_number: int,
         series_description: str | None = None,
@@ -197,8 +282,10 @@ class MeasurementReportWriter:
         """A measurement report with one group per entry of ``groups``, in order.
 
         ``segmentation`` is the SEG (as written by
-        :class:`~dicom_io.seg.SegmentationWriter`) whose segments the groups
-        refer to; it must derive from ``source_images``. ``extra_evidence``
+        :class:`~dicom_io.seg.SegmentationWriter`) whose segments the
+        :class:`SegmentFindings` refer to; it must derive from
+        ``source_images``. :class:`ImageRegionFindings` index
+        ``source_images`` in the order given. ``extra_evidence``
         lists further instances to record as evidence (e.g. the Parametric
         Maps the thresholds were applied to).
         """
@@ -211,15 +298,28 @@ class MeasurementReportWriter:
         )
         seg = _check_segmentation(segmentation, source.first)
         if not groups:
-            raise WriterError("A measurement report needs at least one SegmentFindings group")
+            raise WriterError("A measurement report needs at least one group")
 
         segment_frames = _frames_by_segment(seg)
         by_uid = {ds.SOPInstanceUID: ds for ds in source.images}
         seen: set[int] = set()
-        measurement_groups = []
+        measurement_groups: list[Any] = []
         for group in groups:
+            if isinstance(group, ImageRegionFindings):
+                measurement_groups.append(self._region_group(group, algorithm, list(source.images)))
+                continue
+            if isinstance(group, ImageFindings):
+                algorithm_id = algorithm.sr_identification()
+                measurements, evaluations = _measurements_and_evaluations(
+                    group.tracking_label, group.measurements, group.findings, algorithm_id, None)
+                measurement_groups.append(hd.sr.MeasurementsAndQualitativeEvaluations(
+                    tracking_identifier=hd.sr.TrackingIdentifier(uid=generate_uid(), identifier=group.tracking_label),
+                    finding_type=group.finding_type, algorithm_id=algorithm_id,
+                    measurements=measurements or None, qualitative_evaluations=evaluations or None))
+                continue
             if not isinstance(group, SegmentFindings):
-                raise WriterError(f"groups must hold SegmentFindings, got {type(group).__name__}")
+                raise WriterError("groups must hold SegmentFindings, ImageRegionFindings or ImageFindings, "
+                                  f"got {type(group).__name__}")
             if group.segment_number in seen:
                 raise WriterError(f"Segment {group.segment_number} has two measurement groups; merge them")
             seen.add(group.segment_number)
@@ -298,39 +398,8 @@ class MeasurementReportWriter:
                            for uid in dict.fromkeys(on)],
         )
         algorithm_id = algorithm.sr_identification()
-        measurements = []
-        for item in group.measurements:
-            if not isinstance(item, (VolumeMeasurement, DiameterMeasurement, ScalarMeasurement)):
-                raise WriterError(
-                    f"Segment {group.segment_number}: {type(item).__name__} is not a Volume-, Diameter- "
-                    "or ScalarMeasurement"
-                )
-            name, value, unit = item.to_measurement()
-            measurements.append(hd.sr.Measurement(
-                name=name, value=value, unit=unit, algorithm_id=algorithm_id, referenced_images=measured_on,
-            ))
-        evaluations = []
-        with_probability = [f for f in group.findings if f.probability is not None]
-        if len(with_probability) > 1:
-            raise WriterError(
-                f"Segment {group.segment_number}: more than one coded finding has a probability; "
-                "the probability measurements could not be told apart (report one per segment)"
-            )
-        for finding in group.findings:
-            if isinstance(finding, CodedFinding) and finding.name == codes.DCM.Finding:
-                raise WriterError(
-                    f"Segment {group.segment_number}: a coded finding cannot be named DCM 121071 'Finding'; "
-                    "that concept is the group's finding type (use finding_type for it)"
-                )
-            if not isinstance(finding, CodedFinding) or not isinstance(finding.code, (Code, hd.sr.CodedConcept)):
-                raise WriterError(f"Segment {group.segment_number}: findings must be CodedFinding with a Code")
-            evaluations.append(hd.sr.QualitativeEvaluation(name=finding.name, value=finding.code))
-            if finding.probability is not None:
-                _check_number(finding.probability, f"Probability of {finding.code.meaning}", 0.0, 1.0)
-                measurements.append(hd.sr.Measurement(
-                    name=PROBABILITY, value=float(finding.probability), unit=NO_UNITS,
-                    algorithm_id=algorithm_id, referenced_images=measured_on,
-                ))
+        measurements, evaluations = _measurements_and_evaluations(
+            f"Segment {group.segment_number}", group.measurements, group.findings, algorithm_id, measured_on)
         finding_type = group.finding_type or _plain_code(description.segmented_property_type)
         site = group.finding_site
         if site is None and description.anatomic_regions:
@@ -344,6 +413,78 @@ class MeasurementReportWriter:
             measurements=measurements or None,
             qualitative_evaluations=evaluations or None,
         )
+
+
+    def _region_group(self, group: ImageRegionFindings, algorithm: AlgorithmInfo,
+                      images: list[Dataset]) -> hd.sr.VolumetricROIMeasurementsAndQualitativeEvaluations:
+        """A TID 1411 group whose region is one POINT per voxel on its source slice."""
+        voxels = np.asarray(group.voxels, dtype=np.int64)
+        regions = []
+        for slice_index, row, column in voxels:
+            if slice_index >= len(images):
+                raise WriterError(f"{group.tracking_label}: voxel on slice {slice_index}, but only "
+                                  f"{len(images)} source images were given")
+            image = images[slice_index]
+            if row >= int(image.Rows) or column >= int(image.Columns):
+                raise WriterError(f"{group.tracking_label}: voxel (row {row}, column {column}) is outside the "
+                                  f"{image.Rows}x{image.Columns} source image")
+            # SCOORD (column, row): the centre of pixel (r, c) is (c + 0.5, r + 0.5).
+            regions.append(hd.sr.ImageRegion(
+                graphic_type=hd.sr.GraphicTypeValues.POINT,
+                graphic_data=np.array([[column + 0.5, row + 0.5]], dtype=np.float64),
+                source_image=hd.sr.SourceImageForRegion.from_source_image(image)))
+        on = sorted(set(int(z) for z in voxels[:, 0]))
+        measured_on = [hd.sr.SourceImageForMeasurement.from_source_image(images[z]) for z in on]
+        algorithm_id = algorithm.sr_identification()
+        measurements, evaluations = _measurements_and_evaluations(
+            group.tracking_label, group.measurements, group.findings, algorithm_id, measured_on)
+        return hd.sr.VolumetricROIMeasurementsAndQualitativeEvaluations(
+            tracking_identifier=hd.sr.TrackingIdentifier(uid=generate_uid(), identifier=group.tracking_label),
+            referenced_regions=regions,
+            finding_type=group.finding_type,
+            algorithm_id=algorithm_id,
+            finding_sites=[hd.sr.FindingSite(group.finding_site)] if group.finding_site is not None else None,
+            measurements=measurements or None,
+            qualitative_evaluations=evaluations or None,
+        )
+
+
+def _measurements_and_evaluations(
+    label: str, items: Sequence[Measurement], findings: Sequence[CodedFinding],
+    algorithm_id: hd.sr.AlgorithmIdentification, measured_on: list[hd.sr.SourceImageForMeasurement] | None,
+) -> tuple[list[hd.sr.Measurement], list[hd.sr.QualitativeEvaluation]]:
+    """TID 300 measurements and coded evaluations of one group (a finding's probability as a measurement)."""
+    measurements = []
+    for item in items:
+        if not isinstance(item, (VolumeMeasurement, DiameterMeasurement, ScalarMeasurement)):
+            raise WriterError(f"{label}: {type(item).__name__} is not a Volume-, Diameter- or ScalarMeasurement")
+        name, value, unit = item.to_measurement()
+        measurements.append(hd.sr.Measurement(
+            name=name, value=value, unit=unit, algorithm_id=algorithm_id, referenced_images=measured_on or None,
+        ))
+    evaluations = []
+    with_probability = [f for f in findings if getattr(f, "probability", None) is not None]
+    if len(with_probability) > 1:
+        raise WriterError(
+            f"{label}: more than one coded finding has a probability; "
+            "the probability measurements could not be told apart (report one per segment)"
+        )
+    for finding in findings:
+        if isinstance(finding, CodedFinding) and finding.name == codes.DCM.Finding:
+            raise WriterError(
+                f"{label}: a coded finding cannot be named DCM 121071 'Finding'; "
+                "that concept is the group's finding type (use finding_type for it)"
+            )
+        if not isinstance(finding, CodedFinding) or not isinstance(finding.code, (Code, hd.sr.CodedConcept)):
+            raise WriterError(f"{label}: findings must be CodedFinding with a Code")
+        evaluations.append(hd.sr.QualitativeEvaluation(name=finding.name, value=finding.code))
+        if finding.probability is not None:
+            _check_number(finding.probability, f"Probability of {finding.code.meaning}", 0.0, 1.0)
+            measurements.append(hd.sr.Measurement(
+                name=PROBABILITY, value=float(finding.probability), unit=NO_UNITS,
+                algorithm_id=algorithm_id, referenced_images=measured_on or None,
+            ))
+    return measurements, evaluations
 
 
 def _plain_code(concept: hd.sr.CodedConcept) -> Code:

@@ -45,17 +45,29 @@ from dicom_io.seg import (
     write_segmentation,
 )
 from dicom_io.sr import (
+    ARTERIAL_INPUT_FUNCTION,
+    DEFUSE3_CORE_LIMIT,
+    DEFUSE3_TARGET_MISMATCH,
     HYPOPERFUSION_INTENSITY_RATIO,
+    MILLILITRE,
     MISMATCH_RATIO,
     MISMATCH_VOLUME,
+    SECOND,
+    TIME_OF_PEAK_CONCENTRATION,
+    VOXELS,
+    VOXELS_AVERAGED,
     CodedFinding,
     DiameterMeasurement,
+    ImageFindings,
+    ImageRegionFindings,
     MeasurementReportWriter,
+    ScalarMeasurement,
     SegmentFindings,
     VolumeMeasurement,
     hypoperfusion_intensity_ratio,
     mismatch_ratio,
     mismatch_volume,
+    yes_no,
 )
 from tests.dicom_validate import (
     assert_dcmtk_parses,
@@ -754,6 +766,76 @@ def test_measurement_report_rejects_bad_groups(
         DiameterMeasurement(float("nan"))
     with pytest.raises(WriterError, match="Segmentation"):
         writer.write(source, source[0], [SegmentFindings(1)], algorithm, 302)
+
+
+def test_report_with_voxel_points_and_image_level_findings(
+    source: list[Dataset], perfusion_algorithm: AlgorithmInfo, perfusion: dict, tmp_path: Path
+) -> None:
+    masks = {hypoperfusion_segment(): perfusion["Tmax"] > 6, core_segment(): (perfusion["CBF"] < 20) & (
+        perfusion["Tmax"] > 0)}
+    seg = SegmentationWriter().write(source, masks, perfusion_algorithm, 310, "Perfusion lesions (AI)")
+    voxels = [(2, 10, 12), (2, 11, 12), (5, 40, 3)]
+    groups = [
+        SegmentFindings(1, [VolumeMeasurement(96.0)]),
+        ImageRegionFindings("Arterial input function", voxels, ARTERIAL_INPUT_FUNCTION, measurements=[
+            ScalarMeasurement(VOXELS_AVERAGED, 3, VOXELS), ScalarMeasurement(TIME_OF_PEAK_CONCENTRATION, 19.5, SECOND),
+        ], finding_site=codes.SCT.CerebralArtery),
+        ImageFindings("DEFUSE 3 target mismatch", measurements=[ScalarMeasurement(DEFUSE3_CORE_LIMIT, 70, MILLILITRE)],
+                      findings=[CodedFinding(yes_no(False), name=DEFUSE3_TARGET_MISMATCH)]),
+    ]
+    sr = MeasurementReportWriter().write(source, seg, groups, perfusion_algorithm, 311)
+    path, _ = reread(sr, tmp_path, "points-sr")
+    assert_valid_dicom(path, expected_iod="ComprehensiveSR")
+    assert_dsr2xml_parses(path)
+    report = hd.sr.srread(path)
+
+    [_, region_group] = report.content.get_volumetric_roi_measurement_groups()
+    assert region_group.tracking_identifier == "Arterial input function"
+    assert region_group.finding_type == ARTERIAL_INPUT_FUNCTION
+    points = []
+    for region in region_group.roi:
+        assert region.graphic_type == hd.sr.GraphicTypeValues.POINT
+        uid = region.ContentSequence[0].ReferencedSOPSequence[0].ReferencedSOPInstanceUID
+        [[column, row]] = region.value
+        points.append(([ds.SOPInstanceUID for ds in source].index(uid), row, column))
+    assert points == [(z, r + 0.5, c + 0.5) for z, r, c in voxels]   # pixel centres on their own slices
+    measured = {m.name.meaning: (m.value, m.unit.value) for m in region_group.get_measurements()}
+    assert measured == {"Number of voxels averaged": (3, "{voxels}"), "Time of Peak Concentration": (19.5, "s")}
+    for measurement in region_group.get_measurements():
+        assert {image.referenced_sop_instance_uid for image in measurement.referenced_images} == {
+            source[2].SOPInstanceUID, source[5].SOPInstanceUID}
+
+    [image_group] = report.content.get_image_measurement_groups()
+    assert image_group.tracking_identifier == "DEFUSE 3 target mismatch"
+    [answer] = image_group.get_qualitative_evaluations()
+    assert answer.name == DEFUSE3_TARGET_MISMATCH
+    assert (answer.value.value, answer.value.scheme_designator, answer.value.meaning) == ("373067005", "SCT", "No")
+    assert yes_no(True) == codes.SCT.Yes and codes.SCT.Yes.value == "373066001"
+    [limit] = image_group.get_measurements()
+    assert (limit.name, limit.value, limit.unit.value) == (DEFUSE3_CORE_LIMIT, 70, "ml")
+
+
+def test_voxel_points_and_image_findings_are_checked(
+    source: list[Dataset], algorithm: AlgorithmInfo, liver_seg: hd.seg.Segmentation
+) -> None:
+    writer = MeasurementReportWriter()
+    for voxels, match in (([], "non-empty"), ([(1, 2)], "non-empty"), ([(0, -1, 2)], "non-negative"),
+                          ([(0.5, 1, 2)], "integers")):
+        with pytest.raises(WriterError, match=match):
+            ImageRegionFindings("AIF", voxels, ARTERIAL_INPUT_FUNCTION)
+    with pytest.raises(WriterError, match="tracking label"):
+        ImageRegionFindings(" ", [(0, 0, 0)], ARTERIAL_INPUT_FUNCTION)
+    with pytest.raises(WriterError, match=f"only {SLICES} source images"):
+        writer.write(source, liver_seg, [ImageRegionFindings("AIF", [(SLICES, 0, 0)], ARTERIAL_INPUT_FUNCTION)],
+                     algorithm, 302)
+    with pytest.raises(WriterError, match="outside the 64x64 source image"):
+        writer.write(source, liver_seg, [ImageRegionFindings("AIF", [(0, 3, COLUMNS)], ARTERIAL_INPUT_FUNCTION)],
+                     algorithm, 302)
+    with pytest.raises(WriterError, match="needs a measurement or a finding"):
+        ImageFindings("DEFUSE 3 target mismatch")
+    with pytest.raises(WriterError, match="more than one coded finding has a probability"):
+        writer.write(source, liver_seg, [ImageFindings("Diagnosis", findings=[
+            CodedFinding(codes.SCT.Cyst, 0.5), CodedFinding(codes.SCT.Hemangioma, 0.5)])], algorithm, 302)
 
 
 # --------------------------------------------------------------------------- Orthanc round trip

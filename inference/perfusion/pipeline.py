@@ -4,7 +4,9 @@ DSC series → ΔR2* (automatic baseline and brain mask) → automatic AIF (with
 VOF scaling) → deconvolution (oSVD by default; cSVD, sSVD) → CBF, CBV, MTT,
 Tmax → Tmax > 6 s hypoperfusion, Tmax > 10 s, rCBF < 30 % core, volumes,
 mismatch and the DEFUSE 3 decision → Parametric Maps, a SEG, a TID 1500 SR
-and colour summary images for any viewer. Research use only.
+(volumes, mismatch, the DEFUSE 3 decision as a coded yes/no with its limits,
+the AIF's voxels and summary) and colour summary images for any viewer.
+Research use only.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from typing import Any
 import numpy as np
 from pydicom import dcmread
 from pydicom.dataset import Dataset
+from pydicom.sr.codedict import codes
 
 from dicom_io.errors import DicomIOError
 from dicom_io.identity import AlgorithmInfo
@@ -26,12 +29,34 @@ from dicom_io.reader import read_dynamic_series
 from dicom_io.secondary_capture import SummaryImageWriter
 from dicom_io.seg import SegmentationWriter, core_segment, hypoperfusion_segment
 from dicom_io.sr import (
+    AIF_QUALITY,
+    ARTERIAL_INPUT_FUNCTION,
+    DEFUSE3_CORE_LIMIT,
+    DEFUSE3_MISMATCH_LIMIT,
+    DEFUSE3_RATIO_LIMIT,
+    DEFUSE3_TARGET_MISMATCH,
+    MILLILITRE,
+    NO_UNITS,
+    PEAK_DELTA_R2STAR,
+    PER_SECOND,
+    RATIO,
+    SECOND,
+    TIME_OF_PEAK_CONCENTRATION,
+    VOF_SCALING_FACTOR,
+    VOXELS,
+    VOXELS_AVERAGED,
+    CodedFinding,
+    Group,
+    ImageFindings,
+    ImageRegionFindings,
     MeasurementReportWriter,
+    ScalarMeasurement,
     SegmentFindings,
     VolumeMeasurement,
     hypoperfusion_intensity_ratio,
     mismatch_ratio,
     mismatch_volume,
+    yes_no,
 )
 from dicom_io.volume import DynamicVolume
 from inference.base import Pipeline, PipelineInputError, SeriesInput, StudyInput
@@ -191,6 +216,59 @@ def analyse_dsc(signal: np.ndarray, times_s: np.ndarray, echo_time_s: float | No
     return PerfusionAnalysis(delta=delta, aif=aif, maps=maps, lesions=lesions, settings=settings)
 
 
+def defuse3_rule(criteria: Defuse3Criteria) -> str:
+    """The DEFUSE 3 criteria as applied, in ASCII (it goes into LT/UT text of the SEG and SR)."""
+    core = "<=" if criteria.core_limit_inclusive else "<"
+    ratio = ">=" if criteria.ratio_limit_inclusive else ">"
+    volume = ">=" if criteria.volume_limit_inclusive else ">"
+    return (f"core {core} {criteria.max_core_ml:g} ml, mismatch ratio {ratio} {criteria.min_mismatch_ratio:g}, "
+            f"mismatch volume {volume} {criteria.min_mismatch_ml:g} ml")
+
+
+def report_groups(lesions: LesionReport, aif: ArterialInputFunction) -> list[Group]:
+    """The SR's measurement groups: the two lesion segments, the AIF's voxels, the DEFUSE 3 decision.
+
+    Segment 1 (Tmax above threshold) carries its volume, the mismatch volume
+    and ratio and the hypoperfusion intensity ratio; segment 2 (core) its
+    volume. The AIF is reported as the voxels it was averaged over (points on
+    their source slices) with its voxel count, time of peak (s from the first
+    frame), peak ΔR2* (1/s), VOF scaling factor and quality score. The DEFUSE 3
+    group answers yes/no and states the three limits applied (the comparison
+    operators are in the algorithm parameters).
+    """
+    criteria = lesions.criteria
+    return [
+        SegmentFindings(1, measurements=[
+            VolumeMeasurement(lesions.hypoperfusion_ml),
+            mismatch_volume(max(0.0, lesions.mismatch_ml)),
+            *([mismatch_ratio(lesions.mismatch_ratio)] if np.isfinite(lesions.mismatch_ratio) else []),
+            *([hypoperfusion_intensity_ratio(lesions.hypoperfusion_intensity_ratio)]
+              if np.isfinite(lesions.hypoperfusion_intensity_ratio) else []),
+        ]),
+        SegmentFindings(2, measurements=[VolumeMeasurement(lesions.core_ml)]),
+        ImageRegionFindings(
+            "Arterial input function", [tuple(int(i) for i in v) for v in aif.voxels], ARTERIAL_INPUT_FUNCTION,
+            measurements=[
+                ScalarMeasurement(VOXELS_AVERAGED, len(aif.voxels), VOXELS),
+                ScalarMeasurement(TIME_OF_PEAK_CONCENTRATION, aif.time_to_peak_s, SECOND),
+                ScalarMeasurement(PEAK_DELTA_R2STAR, aif.peak, PER_SECOND),
+                ScalarMeasurement(VOF_SCALING_FACTOR, aif.vof_scale, NO_UNITS),
+                ScalarMeasurement(AIF_QUALITY, aif.quality, NO_UNITS),
+            ],
+            finding_site=codes.SCT.CerebralArtery,
+        ),
+        ImageFindings(
+            "DEFUSE 3 target mismatch",
+            measurements=[
+                ScalarMeasurement(DEFUSE3_CORE_LIMIT, criteria.max_core_ml, MILLILITRE),
+                ScalarMeasurement(DEFUSE3_RATIO_LIMIT, criteria.min_mismatch_ratio, RATIO),
+                ScalarMeasurement(DEFUSE3_MISMATCH_LIMIT, criteria.min_mismatch_ml, MILLILITRE),
+            ],
+            findings=[CodedFinding(yes_no(lesions.defuse3_eligible), name=DEFUSE3_TARGET_MISMATCH)],
+        ),
+    ]
+
+
 class PerfusionPipeline(Pipeline):
     """DSC-MRI brain perfusion for acute stroke (SVD deconvolution or the ST-Net-like model)."""
 
@@ -216,7 +294,8 @@ class PerfusionPipeline(Pipeline):
             name=f"pacsnode perfusion {method}", version=self.version,
             parameters={"method": method, "Tmax threshold": f"{thresholds.tmax_hypoperfusion_s:g} s",
                         "core": f"rCBF < {thresholds.core_relative_cbf:.0%}",
-                        "AIF voxels": str(len(aif.voxels))},
+                        "AIF voxels": str(len(aif.voxels)),
+                        "DEFUSE 3": defuse3_rule(settings.criteria)},
         )
         filled = maps.filled(0.0)
         outputs: list[Dataset] = []
@@ -233,18 +312,8 @@ class PerfusionPipeline(Pipeline):
         seg = SegmentationWriter().write(source, masks, algorithm, SERIES["SEG"],
                                          "Perfusion lesions research use", content_label="PERFUSION")
         outputs.append(seg)
-        groups = [
-            SegmentFindings(1, measurements=[
-                VolumeMeasurement(lesions.hypoperfusion_ml),
-                mismatch_volume(max(0.0, lesions.mismatch_ml)),
-                *([mismatch_ratio(lesions.mismatch_ratio)] if np.isfinite(lesions.mismatch_ratio) else []),
-                *([hypoperfusion_intensity_ratio(lesions.hypoperfusion_intensity_ratio)]
-                  if np.isfinite(lesions.hypoperfusion_intensity_ratio) else []),
-            ]),
-            SegmentFindings(2, measurements=[VolumeMeasurement(lesions.core_ml)]),
-        ]
         outputs.append(MeasurementReportWriter().write(
-            source, seg, groups, algorithm, SERIES["SR"], "Perfusion report research use"))
+            source, seg, report_groups(lesions, aif), algorithm, SERIES["SR"], "Perfusion report research use"))
 
         summary = SummaryImageWriter()
         outputs += summary.write_colour_map(source, filled.tmax, MapParameter.TMAX, algorithm,
