@@ -56,8 +56,11 @@ class RegistrationSettings:
 
     ``shrink_factors`` and ``smoothing_sigmas`` (voxels) define the pyramid,
     coarse to fine; ``sampling`` is the fraction of voxels the metric samples
-    (at random, with ``seed``, so runs repeat); ``histogram_bins`` the Mattes
-    histogram size.
+    (at random, with ``seed``, so runs repeat), at most ``max_samples`` per
+    level; ``histogram_bins`` the Mattes histogram size. Both volumes are
+    first averaged down (block means) to voxels of about
+    ``working_spacing_mm``, so a 256×256×64 phase registers in seconds; the
+    transform found applies to the full-resolution volume all the same.
     """
 
     transform: TransformKind = "translation"
@@ -68,6 +71,8 @@ class RegistrationSettings:
     shrink_factors: tuple[int, ...] = (4, 2, 1)
     smoothing_sigmas: tuple[float, ...] = (2.0, 1.0, 0.0)
     sampling: float = 0.1
+    max_samples: int = 50_000
+    working_spacing_mm: float = 3.0
     histogram_bins: int = 32
     iterations: int = 200
     seed: int = 7
@@ -79,6 +84,8 @@ class RegistrationSettings:
             raise ValueError("shrink_factors and smoothing_sigmas need one entry per pyramid level")
         if not 0 < self.sampling <= 1:
             raise ValueError(f"sampling must be in (0, 1], got {self.sampling}")
+        if self.max_samples < 1000:
+            raise ValueError(f"max_samples must be at least 1000, got {self.max_samples}")
         if self.max_shift_mm <= 0:
             raise ValueError(f"max_shift_mm must be positive, got {self.max_shift_mm}")
 
@@ -151,6 +158,20 @@ def overlap_fraction(moving: Volume, reference: Volume, transform: sitk.Transfor
     return float(inside.mean())
 
 
+def _working_image(image: sitk.Image, spacing_mm: float) -> sitk.Image:
+    """*image* block-averaged to voxels of about *spacing_mm* (integer factors; axes already coarser are kept)."""
+    import SimpleITK as sitk
+
+    factors = [max(1, int(round(spacing_mm / s))) for s in image.GetSpacing()]
+    return image if factors == [1, 1, 1] else sitk.BinShrink(image, factors)
+
+
+def _sampling(voxels: int, shrink: int, settings: RegistrationSettings) -> float:
+    """The fraction of a pyramid level's voxels the metric samples: ``sampling``, capped at ``max_samples``."""
+    level_voxels = max(1, voxels // shrink**3)
+    return float(min(settings.sampling, max(settings.max_samples / level_voxels, 1e-4), 1.0))
+
+
 def _mutual_information(fixed: sitk.Image, moving: sitk.Image, transform: sitk.Transform,
                         settings: RegistrationSettings) -> float:
     """Mattes MI (nats, positive) of the pair under *transform*, at full resolution."""
@@ -159,7 +180,9 @@ def _mutual_information(fixed: sitk.Image, moving: sitk.Image, transform: sitk.T
     method = sitk.ImageRegistrationMethod()
     method.SetMetricAsMattesMutualInformation(numberOfHistogramBins=settings.histogram_bins)
     method.SetMetricSamplingStrategy(method.RANDOM)
-    method.SetMetricSamplingPercentage(settings.sampling, settings.seed)
+    method.SetMetricSamplingPercentage(_sampling(fixed.GetNumberOfPixels(), 1, settings), settings.seed)
+    method.SetMetricUseFixedImageGradientFilter(False)
+    method.SetMetricUseMovingImageGradientFilter(False)
     method.SetInterpolator(sitk.sitkLinear)
     method.SetInitialTransform(transform, inPlace=False)
     return -float(method.MetricEvaluate(fixed, moving))
@@ -206,8 +229,10 @@ def register_rigid(moving: Volume, reference: Volume, settings: RegistrationSett
         log.warning("registering volumes from different frames of reference", extra={
             "moving": name, "overlap": round(initial_overlap, 3)})
 
-    fixed_image = _float_image(reference)
-    moving_image = _float_image(moving)
+    fixed_full = _float_image(reference)
+    moving_full = _float_image(moving)
+    fixed_image = _working_image(fixed_full, settings.working_spacing_mm)
+    moving_image = _working_image(moving_full, settings.working_spacing_mm)
     if settings.transform == "translation":
         initial: sitk.Transform = sitk.TranslationTransform(3)
     else:
@@ -220,7 +245,11 @@ def register_rigid(moving: Volume, reference: Volume, settings: RegistrationSett
     method = sitk.ImageRegistrationMethod()
     method.SetMetricAsMattesMutualInformation(numberOfHistogramBins=settings.histogram_bins)
     method.SetMetricSamplingStrategy(method.RANDOM)
-    method.SetMetricSamplingPercentage(settings.sampling, settings.seed)
+    method.SetMetricSamplingPercentagePerLevel(
+        [_sampling(fixed_image.GetNumberOfPixels(), shrink, settings) for shrink in settings.shrink_factors],
+        settings.seed)
+    method.SetMetricUseFixedImageGradientFilter(False)
+    method.SetMetricUseMovingImageGradientFilter(False)
     method.SetInterpolator(sitk.sitkLinear)
     method.SetOptimizerAsRegularStepGradientDescent(
         learningRate=2.0, minStep=0.01, numberOfIterations=settings.iterations,
@@ -264,7 +293,7 @@ def register_rigid(moving: Volume, reference: Volume, settings: RegistrationSett
         raise RegistrationError(
             f"the {name} cannot be aligned with the reference: after alignment it covers {overlap:.0%} of the "
             f"reference volume, less than the {settings.min_overlap:.0%} required")
-    resampled = sitk.Resample(moving_image, fixed_image, found, sitk.sitkLinear, default_value, sitk.sitkFloat32)
+    resampled = sitk.Resample(moving_full, fixed_full, found, sitk.sitkLinear, default_value, sitk.sitkFloat32)
     array = sitk.GetArrayFromImage(resampled)
     log.info("rigid registration", extra={
         "moving": name, "shift_zyx_mm": [round(v, 2) for v in shift], "rotation_deg": round(rotation, 2),
