@@ -123,6 +123,10 @@ class HttpConfig(_Section):
     token: str | None = Field(
         None, description="Bearer token required by every endpoint except /metrics."
     )
+    worker_metrics_port: int | None = Field(
+        None, ge=1, le=65535,
+        description="Port of /metrics in each `pacsnode worker` (on http.host); None: workers expose none.",
+    )
 
 
 class BrokerConfig(_Section):
@@ -141,6 +145,22 @@ class JobsConfig(_Section):
     time_limit_s: float = Field(1800, gt=0)
     max_retries: int = Field(3, ge=0)
     retry_backoff_max_s: float = Field(600, gt=0)
+    heartbeat_interval_s: float = Field(
+        10, gt=0, description="How often a running job tells the index its worker is alive."
+    )
+    stale_after_s: float = Field(
+        60, gt=0,
+        description="A running job silent this long lost its worker (killed, host gone) and is run again.",
+    )
+
+    @model_validator(mode="after")
+    def _stale_after_heartbeats(self) -> "JobsConfig":
+        if self.stale_after_s < 3 * self.heartbeat_interval_s:
+            raise ValueError(
+                f"stale_after_s ({self.stale_after_s:g}) must be at least 3 x heartbeat_interval_s "
+                f"({self.heartbeat_interval_s:g}), or a busy but healthy worker's job would be run twice"
+            )
+        return self
 
 
 class DestinationConfig(_Section):
@@ -152,8 +172,20 @@ class DestinationConfig(_Section):
     calling_ae_title: str | None = None
     tls: TLSConfig = Field(default_factory=TLSConfig)
     timeout_s: float = Field(30, gt=0)
+    accept_results_from: list[str] = Field(
+        default_factory=list,
+        description=(
+            "Calling AE titles whose studies' results may be sent here; empty allows any. "
+            "Results of a study from any other sender are refused, whatever the routes say."
+        ),
+    )
 
     _ae = field_validator("ae_title")(_check_ae_title)
+
+    @field_validator("accept_results_from")
+    @classmethod
+    def _check_accepted(cls, values: list[str]) -> list[str]:
+        return list(dict.fromkeys(_check_ae_title(v) for v in values))
 
 
 class OutboxConfig(_Section):
@@ -256,6 +288,21 @@ class NodeConfig(BaseSettings):
                         f"which is not defined under 'destinations' "
                         f"(defined: {sorted(self.destinations) or 'none'})"
                     )
+        return self
+
+    @model_validator(mode="after")
+    def _accepted_senders_can_associate(self) -> "NodeConfig":
+        """A destination's allow-list naming an AE the listener refuses is a typo, not a policy."""
+        allowed = set(self.dicom.allowed_calling_aes)
+        if not allowed:
+            return self
+        for name, dest in self.destinations.items():
+            unknown = [ae for ae in dest.accept_results_from if ae not in allowed]
+            if unknown:
+                raise ValueError(
+                    f"destination {name!r} accepts results from {unknown}, which "
+                    f"dicom.allowed_calling_aes does not let associate (allowed: {sorted(allowed)})"
+                )
         return self
 
     @property

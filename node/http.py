@@ -1,7 +1,8 @@
 """The node's HTTP endpoint: ``/metrics`` for Prometheus, ``/healthz`` and ``/status`` for people.
 
 Every endpoint except ``/metrics`` requires ``Authorization: Bearer <token>``
-when ``http.token`` is configured.
+when ``http.token`` is configured. A ``pacsnode worker`` serves ``/metrics``
+alone (:class:`MetricsHttpServer`).
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
 from node.metrics import REGISTRY
 
@@ -78,6 +79,45 @@ class NodeHttpServer:
         self._httpd = ThreadingHTTPServer((host, port), Handler)
         self._httpd.daemon_threads = True
         self._thread = threading.Thread(target=self._httpd.serve_forever, name="http", daemon=True)
+
+    @property
+    def port(self) -> int:
+        return int(self._httpd.server_address[1])
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._httpd.shutdown()
+        self._httpd.server_close()
+
+
+class MetricsHttpServer:
+    """Serves ``/metrics`` of *registry* alone, on a background thread (a worker's endpoint)."""
+
+    def __init__(self, host: str, port: int, registry: CollectorRegistry) -> None:
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, format: str, *args: Any) -> None:  # noqa: A002
+                log.debug("http request", extra={"line": format % args})
+
+            def do_GET(self) -> None:  # noqa: N802
+                if self.path.split("?", 1)[0] != "/metrics":
+                    code, body, content_type = 404, b"only /metrics here\n", "text/plain"
+                else:
+                    try:
+                        code, body, content_type = 200, generate_latest(registry), CONTENT_TYPE_LATEST
+                    except Exception as exc:
+                        log.exception("metrics collection failed")
+                        code, body, content_type = 500, type(exc).__name__.encode(), "text/plain"
+                self.send_response(code)
+                self.send_header("Content-Type", content_type)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+        self._httpd = ThreadingHTTPServer((host, port), Handler)
+        self._httpd.daemon_threads = True
+        self._thread = threading.Thread(target=self._httpd.serve_forever, name="metrics-http", daemon=True)
 
     @property
     def port(self) -> int:

@@ -38,6 +38,7 @@ from node import metrics
 from node.audit import AuditLog
 from node.config import NodeConfig
 from node.index import Index, JobRecord
+from node.outbox import DestinationPolicy, record_refusals
 from node.spool import Spool, uid_to_filename
 
 log = logging.getLogger("pacsnode.jobs")
@@ -99,7 +100,8 @@ class _Context:
             spool = Spool(cls.config.spool.path, fsync=cls.config.spool.fsync)
             index = Index(spool.paths.index)
             audit = AuditLog(cls.config.logging.audit_log or spool.root / "audit.log")
-            cls.runner = JobRunner(index, spool, audit)
+            cls.runner = JobRunner(index, spool, audit, DestinationPolicy(cls.config.destinations),
+                                   heartbeat_interval_s=cls.config.jobs.heartbeat_interval_s)
             cls.pid = os.getpid()
         return cls.runner
 
@@ -126,7 +128,9 @@ def run_job_task(job_id: int, token: str) -> None:
             return
         if job.attempts > config.jobs.max_retries:
             runner.index.fail_job(job_id, token, f"gave up after {job.attempts} attempts: {exc}")
+            metrics.JOBS_FAILED.labels(job.pipeline).inc()
             return
+        metrics.JOBS_RETRIED.labels(job.pipeline).inc()
         backoff = min(config.jobs.retry_backoff_max_s, 2.0 ** job.attempts)
         JobDispatcher(runner.index).dispatch(job, new_token=False, countdown=backoff)
 
@@ -134,13 +138,14 @@ def run_job_task(job_id: int, token: str) -> None:
 class _Heartbeat:
     """Refreshes a running job's heartbeat so the supervisor knows its worker is alive."""
 
-    def __init__(self, index: Index, job_id: int, token: str) -> None:
+    def __init__(self, index: Index, job_id: int, token: str, interval_s: float = HEARTBEAT_INTERVAL_S) -> None:
         self._index, self._job_id, self._token = index, job_id, token
+        self._interval_s = interval_s
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._beat, name=f"heartbeat-{job_id}", daemon=True)
 
     def _beat(self) -> None:
-        while not self._stop.wait(HEARTBEAT_INTERVAL_S):
+        while not self._stop.wait(self._interval_s):
             try:
                 self._index.heartbeat(self._job_id, self._token)
             except Exception:  # the next beat will try again
@@ -176,12 +181,20 @@ class JobOutcome:
 
 
 class JobRunner:
-    """Runs one claimed job: pipeline → result files in the spool → outbox entries."""
+    """Runs one claimed job: pipeline → result files in the spool → outbox entries.
 
-    def __init__(self, index: Index, spool: Spool, audit: AuditLog | None = None) -> None:
+    Destinations whose ``accept_results_from`` excludes the study's sender are
+    refused here, when the results are queued: they get no outbox entry to send.
+    """
+
+    def __init__(self, index: Index, spool: Spool, audit: AuditLog | None = None,
+                 policy: DestinationPolicy | None = None, *,
+                 heartbeat_interval_s: float = HEARTBEAT_INTERVAL_S) -> None:
         self.index = index
         self.spool = spool
         self.audit = audit
+        self.policy = policy or DestinationPolicy({})
+        self.heartbeat_interval_s = heartbeat_interval_s
 
     def study_input(self, job: JobRecord) -> StudyInput:
         known = {s.series_uid: s for s in self.index.series_of(job.study_uid)}
@@ -205,38 +218,61 @@ class JobRunner:
         log.info("job started", extra={"job_id": job.id, "pipeline": job.pipeline, "attempt": job.attempts})
         if self.audit:
             self.audit.job("job-started", job.id, job.pipeline, job.study_uid, attempt=job.attempts)
+        metrics.JOBS_STARTED.labels(job.pipeline).inc()
+        in_progress = metrics.JOBS_IN_PROGRESS.labels(job.pipeline)
+        in_progress.inc()
         started = time.perf_counter()
         try:
-            with _Heartbeat(self.index, job.id, token):
+            return self._run_claimed(job, token, started)
+        finally:
+            in_progress.dec()
+
+    def _run_claimed(self, job: JobRecord, token: str, started: float) -> JobOutcome | None:
+        try:
+            with _Heartbeat(self.index, job.id, token, self.heartbeat_interval_s):
                 pipeline = get_pipeline(job.pipeline)
                 outputs = list(pipeline.run(self.study_input(job), job.options))
                 stored = self._store_outputs(job, token, outputs)
         except TransientPipelineError as exc:
             self.index.requeue_job(job.id, token, f"transient: {exc}")
+            self._observe(job, "transient_error", started)
             log.warning("job hit a transient error; it will be retried",
                         extra={"job_id": job.id, "reason": str(exc)})
             raise
         except (PipelineInputError, UnknownPipelineError) as exc:
-            return self._fail(job, token, str(exc))
+            return self._fail(job, token, str(exc), started)
         except PipelineError as exc:
-            return self._fail(job, token, str(exc))
+            return self._fail(job, token, str(exc), started)
         except Exception as exc:
             log.exception("pipeline crashed", extra={"job_id": job.id, "pipeline": job.pipeline})
-            return self._fail(job, token, f"{type(exc).__name__}: {exc}")
-        duration = time.perf_counter() - started
-        metrics.JOB_DURATION.labels(job.pipeline).observe(duration)
-        if not self.index.complete_job(job.id, token, stored, job.destinations):
+            return self._fail(job, token, f"{type(exc).__name__}: {exc}", started)
+        senders = {s.calling_ae for s in self.index.series_of(job.study_uid)}
+        destinations, refusals = self.policy.split(job.destinations, senders)
+        if not self.index.complete_job(job.id, token, stored, destinations):
+            self._observe(job, "superseded", started)
             log.warning("job was taken over by another run; its results are discarded",
                         extra={"job_id": job.id})
             return None
+        duration = self._observe(job, "succeeded", started)
+        metrics.JOBS_SUCCEEDED.labels(job.pipeline).inc()
         log.info("job succeeded", extra={"job_id": job.id, "pipeline": job.pipeline,
                                          "outputs": len(stored), "seconds": round(duration, 3)})
         if self.audit:
             self.audit.job("job-succeeded", job.id, job.pipeline, job.study_uid,
-                           outputs=len(stored), destinations=job.destinations)
+                           outputs=len(stored), destinations=destinations)
+        if refusals and stored:
+            record_refusals(self.index, job, refusals, stored, self.audit)
         return JobOutcome("succeeded", outputs=len(stored))
 
-    def _fail(self, job: JobRecord, token: str, reason: str) -> JobOutcome:
+    @staticmethod
+    def _observe(job: JobRecord, outcome: str, started: float) -> float:
+        duration = time.perf_counter() - started
+        metrics.JOB_DURATION.labels(job.pipeline, outcome).observe(duration)
+        return duration
+
+    def _fail(self, job: JobRecord, token: str, reason: str, started: float) -> JobOutcome:
+        self._observe(job, "failed", started)
+        metrics.JOBS_FAILED.labels(job.pipeline).inc()
         self.index.fail_job(job.id, token, reason)
         log.warning("job failed", extra={"job_id": job.id, "pipeline": job.pipeline, "reason": reason})
         if self.audit:
@@ -291,19 +327,30 @@ class JobDispatcher:
 
 
 class JobSupervisor:
-    """Re-dispatches jobs whose message or worker was lost."""
+    """Re-dispatches jobs whose message or worker was lost.
+
+    A job whose worker went silent *max_attempts* times (killed by the hard
+    time limit, the OOM killer, a crash in native code) is failed instead of
+    being run again forever: a poison job must not occupy the workers for good.
+    """
 
     def __init__(self, index: Index, dispatcher: JobDispatcher, *,
-                 redispatch_after_s: float = 600, stale_after_s: float = 6 * HEARTBEAT_INTERVAL_S) -> None:
+                 redispatch_after_s: float = 600, stale_after_s: float = 6 * HEARTBEAT_INTERVAL_S,
+                 max_attempts: int = 4, audit: AuditLog | None = None) -> None:
         self.index = index
         self.dispatcher = dispatcher
         self.redispatch_after_s = redispatch_after_s
         self.stale_after_s = stale_after_s
+        self.max_attempts = max_attempts
+        self.audit = audit
 
     def recover_all(self) -> int:
         """At start-up with an in-process worker: every unfinished job needs a new dispatch."""
         jobs = self.index.jobs(state="queued") + self.index.jobs(state="running")
         for job in jobs:
+            if job.state == "running" and job.attempts >= self.max_attempts:
+                self._give_up(job)
+                continue
             self.dispatcher.dispatch(job, new_token=True)
         if jobs:
             log.info("unfinished jobs dispatched again after restart", extra={"jobs": len(jobs)})
@@ -315,21 +362,38 @@ class JobSupervisor:
             queued_before=now - self.redispatch_after_s, heartbeat_before=now - self.stale_after_s
         )
         for job in jobs:
+            if job.state == "running" and job.attempts >= self.max_attempts:
+                self._give_up(job)
+                continue
             # A queued job keeps its token (whichever copy arrives first runs it);
             # a running job whose worker went silent gets a new one.
+            if job.state == "running":
+                log.warning("worker of a running job went silent; dispatching the job again",
+                            extra={"job_id": job.id, "pipeline": job.pipeline, "attempt": job.attempts})
             self.dispatcher.dispatch(job, new_token=job.state == "running")
         return len(jobs)
+
+    def _give_up(self, job: JobRecord) -> None:
+        reason = (f"its worker was lost {job.attempts} times while running it (killed, out of memory, "
+                  f"or over jobs.time_limit_s); not run again")
+        if self.index.fail_job(job.id, job.token, reason):
+            metrics.JOBS_FAILED.labels(job.pipeline).inc()
+            log.error("job failed: its worker keeps dying", extra={"job_id": job.id, "pipeline": job.pipeline,
+                                                                   "attempts": job.attempts})
+            if self.audit:
+                self.audit.job("job-failed", job.id, job.pipeline, job.study_uid, reason=reason)
 
 
 class EmbeddedWorker:
     """A Celery worker running in threads inside ``pacsnode serve``."""
 
     def __init__(self, app: Celery, concurrency: int = 1) -> None:
+        self.hostname = f"pacsnode-embedded@{os.uname().nodename}"
         self._controller = app.WorkController(
             pool_cls="threads",
             concurrency=concurrency,
             queues=list(QUEUES.values()),
-            hostname=f"pacsnode-embedded@{os.uname().nodename}",
+            hostname=self.hostname,
             without_heartbeat=True,
             without_mingle=True,
             without_gossip=True,
@@ -339,8 +403,10 @@ class EmbeddedWorker:
 
     def start(self) -> None:
         self._thread.start()
+        metrics.worker_started(self.hostname, ",".join(QUEUES), "threads")
 
     def stop(self) -> None:
+        metrics.WORKER_UP.set(0)
         try:
             self._controller.stop(in_sighandler=False)
         except Exception:

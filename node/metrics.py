@@ -1,4 +1,10 @@
-"""Prometheus metrics of the node. Labels never carry patient or study identifiers."""
+"""Prometheus metrics of the node. Labels never carry patient or study identifiers.
+
+The job metrics (``pacsnode_job_duration_seconds``, ``pacsnode_jobs_*_total``,
+``pacsnode_jobs_in_progress``, ``pacsnode_worker_*``) are observed by whichever
+process runs the job: ``pacsnode serve`` with its embedded worker, or a
+``pacsnode worker`` (see :mod:`node.worker_metrics`), under the same names.
+"""
 
 from __future__ import annotations
 
@@ -47,11 +53,55 @@ STUDIES_COMPLETED = Counter(
 )
 JOB_DURATION = Histogram(
     "pacsnode_job_duration_seconds",
-    "Pipeline run time per job",
-    ["pipeline"],
+    "Run time of one job run, by pipeline and outcome (succeeded, failed, transient_error, superseded)",
+    ["pipeline", "outcome"],
     buckets=(0.5, 1, 2.5, 5, 10, 20, 30, 60, 120, 300, 600, 1800),
     registry=REGISTRY,
 )
+JOBS_STARTED = Counter(
+    "pacsnode_jobs_started", "Job runs started (claimed by a worker), by pipeline", ["pipeline"],
+    registry=REGISTRY,
+)
+JOBS_SUCCEEDED = Counter(
+    "pacsnode_jobs_succeeded", "Job runs whose results were committed, by pipeline", ["pipeline"],
+    registry=REGISTRY,
+)
+JOBS_FAILED = Counter(
+    "pacsnode_jobs_failed", "Job runs that failed the job for good, by pipeline", ["pipeline"],
+    registry=REGISTRY,
+)
+JOBS_RETRIED = Counter(
+    "pacsnode_jobs_retried",
+    "Job runs that hit a transient error and were queued again, by pipeline",
+    ["pipeline"],
+    registry=REGISTRY,
+)
+JOBS_IN_PROGRESS = Gauge(
+    "pacsnode_jobs_in_progress", "Jobs running now, by pipeline", ["pipeline"],
+    multiprocess_mode="livesum", registry=REGISTRY,
+)
+WORKER_UP = Gauge(
+    "pacsnode_worker_up", "1 while a worker in this process consumes jobs",
+    multiprocess_mode="livemax", registry=REGISTRY,
+)
+WORKER_INFO = Gauge(
+    "pacsnode_worker_info", "A running worker: its name, queues, pool and pacsnode version (value 1)",
+    ["worker", "queues", "pool", "version"],
+    multiprocess_mode="livemax", registry=REGISTRY,
+)
+OUTBOX_REFUSED = Counter(
+    "pacsnode_outbox_refused",
+    "Result instances refused for a destination whose accept_results_from excludes the study's sender",
+    ["destination"],
+    registry=REGISTRY,
+)
+
+# What a `pacsnode worker` exposes: the metrics of the work done in its processes.
+WORKER_FAMILIES = frozenset({
+    "pacsnode_job_duration_seconds", "pacsnode_jobs_started", "pacsnode_jobs_succeeded",
+    "pacsnode_jobs_failed", "pacsnode_jobs_retried", "pacsnode_jobs_in_progress",
+    "pacsnode_worker_up", "pacsnode_worker_info", "pacsnode_outbox_refused",
+})
 END_TO_END = Histogram(
     "pacsnode_end_to_end_seconds",
     "From the last instance of a study received to the job's results sent",
@@ -70,6 +120,18 @@ OUTBOX_SEND_FAILURES = Counter(
     registry=REGISTRY,
 )
 UP = Gauge("pacsnode_up", "1 while the node is serving", registry=REGISTRY)
+
+
+def worker_started(worker: str, queues: str, pool: str) -> None:
+    """Say that a worker runs in this process (``pacsnode serve``'s embedded one or ``pacsnode worker``)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        release = version("pacsnode")
+    except PackageNotFoundError:
+        release = "unknown"
+    WORKER_INFO.labels(worker, queues, pool, release).set(1)
+    WORKER_UP.set(1)
 
 
 class IndexCollector(Collector):

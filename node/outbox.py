@@ -5,6 +5,13 @@ retried with exponential backoff; after ``max_attempts`` the item is a dead
 letter, visible in ``pacsnode status`` and the metrics, until ``pacsnode
 resend`` queues it again. Items are unique per (destination, SOP Instance
 UID), so nothing is sent twice to a destination that already has it.
+
+A destination may accept results only of studies sent by certain calling AE
+titles (``accept_results_from``). :class:`DestinationPolicy` decides; results
+it refuses are recorded as ``refused`` items (in ``pacsnode status``, the
+metrics and the audit trail) and never sent, even if a route names the
+destination by mistake. The outbox checks again before sending, in case the
+configuration changed after the results were queued.
 """
 
 from __future__ import annotations
@@ -12,16 +19,89 @@ from __future__ import annotations
 import logging
 import time
 from collections import defaultdict
-from collections.abc import Callable
+from collections.abc import Callable, Collection, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 from node import metrics
 from node.audit import AuditLog
 from node.config import DestinationConfig, OutboxConfig
-from node.index import Index, OutboxItem
+from node.index import Index, JobRecord, OutboxItem
 from node.sender import DicomSender, SendError
 
 log = logging.getLogger("pacsnode.outbox")
+
+REFUSED = "refused"  # outbox state of results a destination does not accept
+
+
+@dataclass(frozen=True)
+class Refusal:
+    """A destination that may not receive a study's results, and why (for the administrator)."""
+
+    destination: str
+    reason: str
+
+
+class DestinationPolicy:
+    """Which destinations may receive the results of a study, by the calling AE titles that sent it."""
+
+    def __init__(self, destinations: dict[str, DestinationConfig]) -> None:
+        self.destinations = destinations
+
+    def refusal(self, name: str, senders: Collection[str | None]) -> Refusal | None:
+        """Why *name* may not receive results of a study sent by *senders*; None if it may."""
+        destination = self.destinations.get(name)
+        if destination is None or not destination.accept_results_from:
+            return None
+        accepted = set(destination.accept_results_from)
+        if not senders:
+            return Refusal(name, "the study's sender is unknown; destination accepts results "
+                                 f"from {sorted(accepted)} only")
+        unknown = sorted(s or "(unknown)" for s in senders if s not in accepted)
+        if unknown:
+            return Refusal(name, f"study sent by {unknown}; destination {name!r} accepts results from "
+                                 f"{sorted(accepted)} only (destinations.{name}.accept_results_from)")
+        return None
+
+    def split(self, names: Sequence[str], senders: Collection[str | None]) -> tuple[list[str], list[Refusal]]:
+        """(destinations that may receive the results, refusals for the others)."""
+        allowed, refused = [], []
+        for name in names:
+            refusal = self.refusal(name, senders)
+            if refusal is None:
+                allowed.append(name)
+            else:
+                refused.append(refusal)
+        return allowed, refused
+
+
+def _refused(destination: str, instances: int, reason: str, job: JobRecord | None,
+             audit: AuditLog | None) -> None:
+    metrics.OUTBOX_REFUSED.labels(destination).inc(instances)
+    log.warning("results refused for a destination that does not accept this study's sender",
+                extra={"destination": destination, "instances": instances, "reason": reason,
+                       "job_id": job.id if job else None})
+    if audit:
+        audit.record("results-refused", destination=destination, instances=instances, reason=reason,
+                     job_id=job.id if job else None, study_uid=job.study_uid if job else None)
+
+
+def record_refusals(index: Index, job: JobRecord, refusals: Sequence[Refusal],
+                    outputs: Sequence[tuple[str, str, str]], audit: AuditLog | None = None) -> None:
+    """Record results refused for destinations as outbox items in state ``refused`` (never sent).
+
+    *outputs* holds (sop_instance_uid, sop_class_uid, path), as the job stored them.
+    """
+    now = time.time()
+    with index.transaction() as db:
+        db.executemany(
+            "INSERT OR IGNORE INTO outbox(job_id, destination, sop_instance_uid, sop_class_uid, path,"
+            " state, last_error, next_attempt_at, created_at) VALUES (?,?,?,?,?,?,?,?,?)",
+            [(job.id, r.destination, sop, cls, path, REFUSED, r.reason, now, now)
+             for r in refusals for (sop, cls, path) in outputs],
+        )
+    for refusal in refusals:
+        _refused(refusal.destination, len(outputs), refusal.reason, job, audit)
 
 
 class Outbox:
@@ -42,6 +122,7 @@ class Outbox:
         self.calling_ae_title = calling_ae_title
         self.audit = audit
         self.clock = clock
+        self.policy = DestinationPolicy(destinations)
 
     def backoff(self, attempts: int) -> float:
         """Seconds to wait after the *attempts*-th failure."""
@@ -69,6 +150,7 @@ class Outbox:
         for item in missing:
             self._failed(item, f"result file {item.path} is missing from the spool", final=True)
         items = [i for i in items if i not in missing]
+        items = self._drop_refused(name, items)
         if not items:
             return 0
         try:
@@ -97,6 +179,27 @@ class Outbox:
         for job_id in jobs_touched:
             self._maybe_finish_job(job_id, name, sent)
         return sent
+
+    def _drop_refused(self, name: str, items: list[OutboxItem]) -> list[OutboxItem]:
+        """Refuse items queued before the destination's allow-list changed; keep the others."""
+        if not self.destinations[name].accept_results_from:
+            return items
+        keep = []
+        verdicts: dict[int | None, tuple[JobRecord | None, Refusal | None]] = {}
+        for item in items:
+            if item.job_id not in verdicts:
+                job = self.index.job(item.job_id) if item.job_id is not None else None
+                senders = {s.calling_ae for s in self.index.series_of(job.study_uid)} if job else set()
+                verdicts[item.job_id] = (job, self.policy.refusal(name, senders))
+            job, refusal = verdicts[item.job_id]
+            if refusal is None:
+                keep.append(item)
+                continue
+            with self.index.transaction() as db:
+                db.execute("UPDATE outbox SET state = ?, last_error = ? WHERE id = ?",
+                           (REFUSED, refusal.reason, item.id))
+            _refused(name, 1, refusal.reason, job, self.audit)
+        return keep
 
     def _maybe_finish_job(self, job_id: int, destination: str, count: int) -> None:
         job = self.index.job(job_id)

@@ -32,7 +32,7 @@ from node.jobs import (
     configure_celery,
 )
 from node.listener import StorageListener, instance_record
-from node.outbox import Outbox
+from node.outbox import REFUSED, DestinationPolicy, Outbox
 from node.routing import Router
 from node.spool import Spool
 
@@ -95,7 +95,9 @@ class Node:
         self.audit = AuditLog(config.logging.audit_log or self.spool.root / "audit.log")
         self.celery = configure_celery(config)
         self.dispatcher = JobDispatcher(self.index)
-        self.supervisor = JobSupervisor(self.index, self.dispatcher)
+        self.supervisor = JobSupervisor(
+            self.index, self.dispatcher, stale_after_s=config.jobs.stale_after_s,
+            max_attempts=config.jobs.max_retries + 1, audit=self.audit)
         self.assembler = StudyAssembler(
             self.index, Router(config.routes, config.pipelines), self.dispatcher, config.study.stable_seconds
         )
@@ -120,7 +122,9 @@ class Node:
             )
             self.http.start()
         if self.config.broker.embedded_worker:
-            _Context.use(self.config, JobRunner(self.index, self.spool, self.audit))
+            _Context.use(self.config, JobRunner(
+                self.index, self.spool, self.audit, DestinationPolicy(self.config.destinations),
+                heartbeat_interval_s=self.config.jobs.heartbeat_interval_s))
             self.worker = EmbeddedWorker(self.celery, self.config.broker.worker_concurrency)
             self.worker.start()
             # The only worker was in this process: whatever was unfinished needs dispatching again.
@@ -224,7 +228,7 @@ class Node:
 
 
 def status_report(index: Index, limit: int = 100) -> dict[str, Any]:
-    """Studies with their jobs, and outbox counts (what ``pacsnode status`` prints)."""
+    """Studies with their jobs, outbox counts, dead letters and refused results (``pacsnode status``)."""
     studies = []
     for study in index.studies(limit):
         jobs = index.jobs(study_uid=study.study_uid)
@@ -240,4 +244,6 @@ def status_report(index: Index, limit: int = 100) -> dict[str, Any]:
     outbox = [{"destination": d, "state": s, "count": c} for (d, s), c in sorted(index.outbox_counts().items())]
     dead = [{"id": i.id, "destination": i.destination, "attempts": i.attempts, "error": i.last_error}
             for i in index.outbox_items("dead")[:limit]]
-    return {"studies": studies, "outbox": outbox, "dead_letters": dead}
+    refused = [{"id": i.id, "job_id": i.job_id, "destination": i.destination, "reason": i.last_error}
+               for i in index.outbox_items(REFUSED)[:limit]]
+    return {"studies": studies, "outbox": outbox, "dead_letters": dead, "refused": refused}

@@ -42,6 +42,15 @@ def test_environment_overrides_the_file(tmp_path, monkeypatch):
         ("dicom:\n  tls: {enabled: true}\n", "certificate"),
         ("- just\n- a list\n", "mapping"),
         ("dicom: [unclosed\n", "not valid YAML"),
+        ("destinations:\n  B: {ae_title: B, host: h, port: 104, accept_results_from: [A_FAR_TOO_LONG_AE_TITLE]}\n",
+         "destinations.B.accept_results_from: Value error, 'A_FAR_TOO_LONG_AE_TITLE' is not a valid AE title"),
+        ("destinations:\n  B: {ae_title: B, host: h, port: 104, accept_results_from: CT_A}\n",
+         "destinations.B.accept_results_from"),
+        ("dicom: {allowed_calling_aes: [CT_A]}\n"
+         "destinations:\n  B: {ae_title: B, host: h, port: 104, accept_results_from: [CT_AA]}\n",
+         "destination 'B' accepts results from ['CT_AA'], which dicom.allowed_calling_aes does not let associate"),
+        ("jobs: {heartbeat_interval_s: 10, stale_after_s: 15}\n", "stale_after_s (15) must be at least 3 x"),
+        ("http: {worker_metrics_port: 0}\n", "http.worker_metrics_port"),
     ],
 )
 def test_bad_configuration_names_the_problem(tmp_path, text, expected):
@@ -62,3 +71,16 @@ def test_example_configuration_is_valid():
     example = Path(__file__).resolve().parents[1] / "config" / "pacsnode.example.yaml"
     config = load_config(example)
     assert config.routes, "the example should show at least one route"
+
+
+def test_destination_allow_list_and_worker_settings(tmp_path, monkeypatch):
+    path = tmp_path / "c.yaml"
+    path.write_text("dicom: {allowed_calling_aes: [CT_A, MR_A]}\n"
+                    "destinations:\n  A: {ae_title: A, host: h, port: 104, accept_results_from: [' CT_A', CT_A, MR_A]}\n"
+                    "  ANY: {ae_title: ANY, host: h, port: 104}\n")
+    monkeypatch.setenv("PACSNODE_HTTP__WORKER_METRICS_PORT", "9101")
+    config = load_config(path)
+    assert config.destinations["A"].accept_results_from == ["CT_A", "MR_A"]  # stripped, duplicates dropped
+    assert config.destinations["ANY"].accept_results_from == []
+    assert config.http.worker_metrics_port == 9101
+    assert (config.jobs.heartbeat_interval_s, config.jobs.stale_after_s) == (10, 60)

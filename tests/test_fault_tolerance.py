@@ -19,6 +19,7 @@ from tests.node_harness import (
     wait_until,
     write_mr_series,
 )
+from tests.ops_peers import RedisServer, StoreSCP, WorkerProcess
 from tests.orthanc_peer import OrthancPeer
 
 pytestmark = pytest.mark.e2e
@@ -130,3 +131,41 @@ def test_results_are_sent_to_a_tls_destination(tmp_path):
     finally:
         node.stop()
         storescp.terminate()
+
+
+@pytest.mark.redis
+def test_kill9_of_a_separate_worker_during_a_job_runs_it_again_and_sends_once(tmp_path):
+    """Redis mode: the worker (main process and pool child) is killed mid-job; a new worker
+    finishes the job, the PACS gets its results exactly once, and the index says succeeded."""
+    redis_server = RedisServer()
+    pacs = StoreSCP(tmp_path / "pacs")
+    node = NodeProcess(tmp_path / "node", broker={"url": redis_server.url, "embedded_worker": False},
+                       jobs={"heartbeat_interval_s": 0.5, "stale_after_s": 3},
+                       destinations={"DEST": pacs.destination()},
+                       routes=[dict(ROUTE, options={"hold_s": 5})])
+    workers: list[WorkerProcess] = []
+    try:
+        node.start()
+        workers.append(WorkerProcess(node.config_path, tmp_path / "worker1.log", "--concurrency", "1"))
+        assert node.storescu(*write_mr_series(tmp_path / "in", count=3)).returncode == 0
+        wait_until(lambda: '"job started"' in workers[0].log(), timeout=60, what="the job to start in the worker")
+        workers[0].kill9()
+        [job] = node.status()["studies"][0]["jobs"]
+        assert job["state"] == "running" and job["attempts"] == 1 and not pacs.received()
+
+        workers.append(WorkerProcess(node.config_path, tmp_path / "worker2.log", "--concurrency", "1"))
+        wait_until(pacs.received, timeout=60, what="the results from the second worker")
+        wait_until(lambda: node.status()["outbox"] == [{"destination": "DEST", "state": "sent", "count": 1}],
+                   timeout=30, what="the outbox to record the send")
+        time.sleep(3)  # room for a wrong second send (a redelivered message, a second run)
+        [sr] = pacs.received()
+        assert dcmread(sr).Modality == "SR"
+        [job] = node.status()["studies"][0]["jobs"]
+        assert job["state"] == "succeeded" and job["attempts"] == 2 and job["outputs"] == 1
+        assert '"job succeeded"' in workers[1].log() and '"job succeeded"' not in workers[0].log()
+    finally:
+        for worker in workers:
+            worker.stop()
+        node.stop()
+        pacs.stop()
+        redis_server.stop()
