@@ -52,6 +52,11 @@ COUNTERS = {
     "pacsnode_studies_completed_total",
     "pacsnode_outbox_send_failures_total",
     "pacsnode_outbox_sent_total",
+    "pacsnode_outbox_refused_total",
+    "pacsnode_jobs_started_total",
+    "pacsnode_jobs_succeeded_total",
+    "pacsnode_jobs_failed_total",
+    "pacsnode_jobs_retried_total",
 }
 GAUGES = {
     "pacsnode_associations_active",
@@ -60,6 +65,9 @@ GAUGES = {
     "pacsnode_spool_free_bytes",
     "pacsnode_spool_accepting",
     "pacsnode_up",
+    "pacsnode_jobs_in_progress",
+    "pacsnode_worker_up",
+    "pacsnode_worker_info",
 }
 HISTOGRAMS = {
     "pacsnode_cstore_duration_seconds",
@@ -386,6 +394,8 @@ def test_alerts_cover_the_operational_failures() -> None:
         "PacsnodeSendFailures": "pacsnode_outbox_send_failures_total",
         "PacsnodeSpoolLow": "pacsnode_spool_free_bytes",
         "PacsnodeSpoolNotAccepting": "pacsnode_spool_accepting",
+        "PacsnodeWorkerDown": 'up{job="pacsnode-worker"}',
+        "PacsnodeResultsRefused": "pacsnode_outbox_refused_total",
     }
     for alert, fragment in wanted.items():
         assert alert in rules, f"missing alert {alert}"
@@ -406,6 +416,24 @@ def test_prometheus_scrapes_the_compose_service(compose: dict) -> None:
     assert mounted.get("alerts.yml") == "./prometheus/alerts.yml"
     # rule_files are relative to the config file: alerts.yml sits beside it in the container too.
     assert config["rule_files"] == ["alerts.yml"]
+
+
+def test_prometheus_scrapes_every_worker_on_its_metrics_port(compose: dict) -> None:
+    """The workers' job metrics are scraped: every worker service, at the port the config gives them."""
+    from node.config import load_config
+
+    port = load_config(DOCKER / "pacsnode.yaml").http.worker_metrics_port
+    assert port, "pacsnode.yaml must give the workers a metrics port"
+    config = _load_yaml(DOCKER / "prometheus" / "prometheus.yml")
+    job = next(j for j in config["scrape_configs"] if j["job_name"] == "pacsnode-worker")
+    workers = {name for name, svc in compose["services"].items() if (svc.get("command") or [""])[0] == "worker"}
+    assert workers == {"worker-cpu", "worker-gpu"}
+    [sd] = job["dns_sd_configs"]
+    assert set(sd["names"]) == workers and sd["type"] == "A" and sd["port"] == port
+    for name in workers:
+        service = compose["services"][name]
+        assert str(port) in [str(p) for p in service.get("expose", [])], f"{name} does not expose {port}"
+        assert f":{port}/metrics" in " ".join(service["healthcheck"]["test"])
 
 
 # -- PromQL metric names ------------------------------------------------------------
@@ -568,10 +596,11 @@ def _prom_get(base: str, path: str) -> dict:
 
 @pytest.mark.e2e
 def test_shipped_prometheus_config_rules_and_dashboard_against_a_real_node(tmp_path: Path) -> None:
-    """Debian's prometheus runs the shipped prometheus.yml and alerts.yml (target pointed at a
-    real `pacsnode serve`): every alert rule evaluates without error, every dashboard query is
-    accepted, and the ingest, C-STORE, job latency and spool panels have data after a study
-    has been received and run through the inventory pipeline."""
+    """Debian's prometheus runs the shipped prometheus.yml and alerts.yml against the compose
+    layout run as processes (a `pacsnode serve` on Redis without an embedded worker, and a
+    prefork `pacsnode worker` serving its metrics): every alert rule evaluates without error,
+    every dashboard query is accepted, and the ingest, C-STORE, job latency (from the worker)
+    and spool panels have data after a study has run through the inventory pipeline."""
     import urllib.parse
 
     from tests.node_harness import NodeProcess, free_port, wait_for_port, wait_until, write_mr_series
@@ -583,9 +612,15 @@ def test_shipped_prometheus_config_rules_and_dashboard_against_a_real_node(tmp_p
 
     if not Path(ORTHANC).exists():
         pytest.skip("Orthanc not installed (Debian package orthanc; .ci/run installs it)")
+    from tests.ops_peers import RedisServer, WorkerProcess
+
+    redis_server = RedisServer()
     pacs = OrthancPeer(tmp_path / "orthanc")
+    worker_port = free_port()
     node = NodeProcess(
         tmp_path / "node",
+        broker={"url": redis_server.url, "embedded_worker": False},
+        http={"worker_metrics_port": worker_port},
         destinations={"PACS": {"ae_title": pacs.aet, "host": "127.0.0.1", "port": pacs.dicom_port}},
         routes=[{"name": "inventory", "level": "study", "match": {"Modality": "MR"},
                  "pipelines": ["inventory"], "destinations": ["PACS"]}])
@@ -593,16 +628,19 @@ def test_shipped_prometheus_config_rules_and_dashboard_against_a_real_node(tmp_p
         node.start()
     except Exception:
         pacs.stop()
+        redis_server.stop()
         raise
+    worker = WorkerProcess(node.config_path, tmp_path / "worker.log", "--concurrency", "2")
     prom_port = free_port()
     config = _load_yaml(DOCKER / "prometheus" / "prometheus.yml")
     config["global"].update({"scrape_interval": "1s", "evaluation_interval": "1s"})
     for job in config["scrape_configs"]:
         job.pop("scrape_interval", None)
         job.pop("scrape_timeout", None)
-        target = f"127.0.0.1:{node.http_port}" if job["job_name"] == "pacsnode" else f"127.0.0.1:{prom_port}"
-        for static in job["static_configs"]:
-            static["targets"] = [target]
+        ports = {"pacsnode": node.http_port, "pacsnode-worker": worker_port, "prometheus": prom_port}
+        # The compose service names do not resolve here: the same jobs, pointed at the processes.
+        job.pop("dns_sd_configs", None)
+        job["static_configs"] = [{"targets": [f"127.0.0.1:{ports[job['job_name']]}"]}]
     (tmp_path / "prometheus.yml").write_text(yaml.safe_dump(config))
     shutil.copy(DOCKER / "prometheus" / "alerts.yml", tmp_path / "alerts.yml")
     with open(tmp_path / "prometheus.log", "wb") as log:
@@ -618,6 +656,7 @@ def test_shipped_prometheus_config_rules_and_dashboard_against_a_real_node(tmp_p
 
     try:
         wait_for_port(prom_port, timeout=30)
+        wait_for_port(worker_port, timeout=60)
         assert node.storescu(*write_mr_series(tmp_path / "in", count=5)).returncode == 0
         wait_until(lambda: query('pacsnode_jobs{state="succeeded"}'), timeout=90,
                    what="the inventory job to succeed, as Prometheus sees it")
@@ -633,21 +672,28 @@ def test_shipped_prometheus_config_rules_and_dashboard_against_a_real_node(tmp_p
             return rules if rules and all(r.get("lastEvaluation", "").startswith("20") for r in rules) else None
 
         rules = wait_until(rules_evaluated, timeout=30, what="every alert rule to be evaluated")
-        assert len(rules) == 8
+        assert len(rules) == 10
         assert [r["name"] for r in rules if r["health"] != "ok"] == [], rules
-        assert not [r for r in rules if r["name"] == "PacsnodeDown" and r["state"] != "inactive"]
+        assert not [r for r in rules if r["name"] in ("PacsnodeDown", "PacsnodeWorkerDown")
+                    and r["state"] != "inactive"]
 
         # Every dashboard query is accepted; the panels that must show something do.
         results = {}
         for title, expr in _dashboard_exprs(_dashboard()):
             results.setdefault(title, []).append(query(expr))
         for title in ("Node up", "Spool free now", "Ingest rate", "Ingest bandwidth", "C-STORE latency",
-                      "Job latency by pipeline", "End-to-end by pipeline", "Outbox by state", "Spool free"):
+                      "Job latency by pipeline", "End-to-end by pipeline", "Outbox by state", "Spool free",
+                      "Job runs by outcome", "Jobs running and workers"):
             assert any(results[title]), f"panel {title!r} has no data"
         latency = [r["metric"].get("pipeline") for r in results["Job latency by pipeline"][0]]
         assert "inventory" in latency
+        # Job runs are the worker's, scraped from its own endpoint.
+        [runs] = query('pacsnode_jobs_succeeded_total{pipeline="inventory"}')
+        assert runs["metric"]["job"] == "pacsnode-worker" and runs["value"][1] == "1"
     finally:
         prom.terminate()
         prom.wait(timeout=30)
+        worker.stop()
         node.stop()
         pacs.stop()
+        redis_server.stop()
