@@ -17,7 +17,9 @@ post-contrast series carry the Contrast/Bolus module with
 ``ContrastBolusStartTime``, and ``AcquisitionTime`` follows the phase's time
 after injection. ``as_4d=True`` writes the dynamic phases as one series with
 ``TemporalPositionIdentifier``, ``NumberOfTemporalPositions`` and
-``TriggerTime``. The per-channel motion is in the pixel data; the labels and
+``TriggerTime`` (ms from the first phase; as non-gated multiphase series from
+scanners do, although the MR Image module conditions TriggerTime on cardiac
+gating, so dciodvfy flags it). The per-channel motion is in the pixel data; the labels and
 the SEG are on the portal-venous (reference) series.
 
 CT: CT Image Storage, unsigned 16-bit stored values with RescaleIntercept
