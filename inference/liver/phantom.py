@@ -313,10 +313,31 @@ class _AbdomenBuilder:
                                             t1_ms=liver.t1_ms * 1.12, adc=liver.adc * 0.9)
 
     def add(self, region: Region | None, occupancy: np.ndarray, tissue: str | Tissue, **kw: object) -> None:
-        if region is None or not np.any(occupancy > 1e-3):
+        if region is None:
             return
+        occupancy = np.asarray(occupancy, dtype=np.float32)
+        inside = occupancy > 1e-3
+        if not inside.any():
+            return
+        # Paint only the bounding box of the shape: most layers are small next to the field of view.
+        crop: list[slice] = []
+        for axis in range(3):
+            if occupancy.shape[axis] == 1:
+                crop.append(slice(None))
+                continue
+            hits = np.flatnonzero(inside.any(axis=tuple(a for a in range(3) if a != axis)))
+            crop.append(slice(int(hits[0]), int(hits[-1]) + 1))
+        region = tuple(slice(r.start + (c.start or 0), r.start + (c.stop if c.stop is not None else r.stop - r.start))
+                       for r, c in zip(region, crop))  # type: ignore[assignment]
+
+        def cropped(value: object) -> object:
+            if isinstance(value, np.ndarray) and value.ndim == 3:
+                return value[tuple(c if n > 1 else slice(None) for c, n in zip(crop, value.shape))]
+            return value
+
         t = self.tissues[tissue] if isinstance(tissue, str) else tissue
-        self.layers.append(_Layer(region, occupancy, t, **kw))  # type: ignore[arg-type]
+        self.layers.append(_Layer(region, cropped(occupancy), t,  # type: ignore[arg-type]
+                                  **{k: cropped(v) for k, v in kw.items()}))
 
     # ----------------------------------------------------------------- body
 
