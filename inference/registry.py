@@ -33,9 +33,10 @@ def register_pipeline(cls: type[Pipeline]) -> type[Pipeline]:
 
 def _builtin() -> dict[str, type[Pipeline]]:
     from inference.inventory import StudyInventoryPipeline
+    from inference.liver.pipeline import LiverSegmentationPipeline
     from inference.perfusion.pipeline import PerfusionPipeline
 
-    return {cls.name: cls for cls in (StudyInventoryPipeline, PerfusionPipeline)}
+    return {cls.name: cls for cls in (StudyInventoryPipeline, PerfusionPipeline, LiverSegmentationPipeline)}
 
 
 def available_pipelines() -> dict[str, type[Pipeline]]:

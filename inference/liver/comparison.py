@@ -1,0 +1,108 @@
+"""``pacsnode evaluate liver-seg``: the liver models scored side by side on held-out phantoms.
+
+For MR, the 4D fused U-Net and the single-phase 3D U-Net baseline run on the
+same held-out DCE phantoms, each phase first co-registered onto the portal
+venous phase exactly as the pipeline does (:mod:`dicom_io.registration`);
+for CT, the CT U-Net on held-out CT phantoms. Scores are
+:mod:`inference.liver.evaluation`'s (Dice, IoU, HD95, precision, recall per
+class; lesion sensitivity overall and for lesions ≥ 10 mm; false positives
+per case), next to the issue's targets. Research use only.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+#: The issue's targets on held-out phantoms.
+TARGETS = {"liver_dice": 0.95, "tumour_dice": 0.85, "sensitivity_ge_10mm": 0.9}
+
+
+def _phase_volumes(phantom: Any) -> dict[str, Any]:
+    from dicom_io.volume import Volume
+
+    return {name: Volume(array=np.asarray(phantom.images[k], np.float32), spacing=phantom.spacing,
+                         origin=(0.0, 0.0, 0.0), direction=np.eye(3))
+            for k, name in enumerate(phantom.channels)}
+
+
+def phantom_channels(phantom: Any, channels: Sequence[str], register: bool = True) -> np.ndarray:
+    """``[P, z, y, x]`` of the phantom's *channels*, MR phases co-registered onto the portal phase."""
+    if phantom.modality == "MR" and register and len(phantom.channels) > 1:
+        from dicom_io.registration import register_phases
+
+        stacked = register_phases(_phase_volumes(phantom), "portal")
+        return np.stack([stacked.array[stacked.names.index(c)] for c in channels])
+    return np.stack([np.asarray(phantom.images[phantom.channels.index(c)], np.float32) for c in channels])
+
+
+def model_segmenter(weights: str | Path, register: bool = True) -> tuple[str, Callable[[Any], Any]]:
+    """The model's version and a function phantom → post-processed segmentation on the phantom grid."""
+    from inference.liver.postprocess import postprocess
+    from inference.liver.weights import LiverSegmenter
+
+    segmenter = LiverSegmenter.load(weights)
+
+    def segment(phantom: Any) -> Any:
+        channels = phantom_channels(phantom, segmenter.channels, register)
+        return postprocess(segmenter.segment(channels, phantom.spacing), phantom.spacing)
+
+    return segmenter.version, segment
+
+
+def compare_models(modality: str, cases: int, first_seed: int, models: dict[str, str | Path],
+                   log: Callable[[str], None] | None = None) -> dict[str, Any]:
+    """Each of *models* (label → manifest) evaluated on the same ``cases`` phantoms from ``first_seed``."""
+    from inference.liver.evaluation import EVALUATION_SEEDS, evaluate_on_phantoms
+    from inference.liver.phantom import simulate_liver_ct, simulate_liver_mr
+
+    seeds = list(range(first_seed, first_seed + cases))
+    held_out = set(EVALUATION_SEEDS)
+    if not set(seeds) <= held_out:
+        raise ValueError(f"seeds {seeds[0]}…{seeds[-1]} are not all held-out evaluation seeds "
+                         f"({min(held_out)}…{max(held_out)}); training seeds would flatter the models")
+    simulate = simulate_liver_ct if modality.upper() == "CT" else simulate_liver_mr
+    report: dict[str, Any] = {"modality": modality.upper(), "seeds": seeds, "targets": TARGETS, "models": {},
+                              "intended_use": "research use only; simulated phantoms, not patients"}
+    for label, weights in models.items():
+        version, segment = model_segmenter(weights)
+        if log:
+            log(f"{label}: {version}")
+        result = evaluate_on_phantoms(segment, simulate, seeds, log=log)
+        report["models"][label] = {"model": version, "weights": str(weights), **result}
+    return report
+
+
+def _fmt(value: Any) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "-"
+    return f"{value:.3f}" if isinstance(value, float) else str(value)
+
+
+def format_comparison(report: dict[str, Any]) -> str:
+    """The report as a plain-text table, one column per model."""
+    labels = list(report["models"])
+    rows: list[tuple[str, list[Any]]] = []
+    summaries = [report["models"][label]["summary"] for label in labels]
+    for name in ("liver", "tumour"):
+        for metric in ("dice", "dice_global", "iou", "hd95_mm", "precision", "recall"):
+            rows.append((f"{name} {metric}", [s[name][metric] for s in summaries]))
+    for metric in ("count", "detected", "sensitivity", "count_ge_10mm", "sensitivity_ge_10mm",
+                   "false_positives_per_case"):
+        rows.append((f"lesions {metric}", [s["lesions"][metric] for s in summaries]))
+    rows.append(("seconds", [report["models"][label]["seconds"] for label in labels]))
+    headers = [f"{label} ({report['models'][label]['model']})" for label in labels]
+    width = max(len(h) for h in headers) + 2
+    seeds = report["seeds"]
+    lines = [f"liver-seg on {len(seeds)} held-out {report['modality']} phantoms (seeds {seeds[0]}–{seeds[-1]}); "
+             "research use only",
+             f"{'metric':<28}" + "".join(f"{h:>{width}}" for h in headers)]
+    lines += [f"{name:<28}" + "".join(f"{_fmt(v):>{width}}" for v in values) for name, values in rows]
+    targets = report["targets"]
+    lines.append(f"targets: liver Dice ≥ {targets['liver_dice']}, tumour Dice ≥ {targets['tumour_dice']}, "
+                 f"sensitivity for lesions ≥ 10 mm ≥ {targets['sensitivity_ge_10mm']}")
+    return "\n".join(lines)

@@ -1,0 +1,320 @@
+"""The ``liver-segmentation`` pipeline: a liver MR or CT study in, the liver and its tumours out.
+
+DCE-MRI: the pre-contrast, arterial, portal venous and delayed phases are
+identified among the study's series (:mod:`inference.liver.phases`), read,
+rigidly co-registered onto the portal venous phase's grid
+(:mod:`dicom_io.registration`), normalised and resampled to the model's
+spacing, segmented by the 4D fused U-Net (3D CNN encoder per phase, ConvLSTM
+over the phases) with sliding windows, brought back onto the portal grid and
+post-processed (one liver, tumours inside it, one lesion per component).
+CT: the portal venous CT series through the 3D U-Net, the same way.
+
+Out: a SEG on the reference series (the liver, all tumours, one segment per
+lesion), a TID 1500 SR with the liver volume, the total tumour volume and
+tumour burden, each lesion's volume and longest axial diameter, referencing
+the SEG's segments, and an RGB overlay series for any viewer. Volumes in the
+SR are computed from the very masks written into the SEG.
+
+The models run on the CPU queue; a GPU worker runs them several times faster
+(the segmenter picks CUDA when the worker has it). Research use only.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from pydicom import dcmread
+from pydicom.dataset import Dataset
+from pydicom.sr.codedict import codes
+from pydicom.sr.coding import Code
+
+from dicom_io.errors import DicomIOError
+from dicom_io.identity import AlgorithmInfo
+from dicom_io.reader import read_dynamic_series, read_series
+from dicom_io.registration import (
+    DEFAULT_MAX_SHIFT_MM,
+    RegisteredPhases,
+    RegistrationError,
+    RegistrationSettings,
+    register_phases,
+)
+from dicom_io.secondary_capture import SummaryImageWriter
+from dicom_io.seg import SegmentationWriter, SegmentSpec, liver_segment, tumour_segment
+from dicom_io.sr import (
+    PRIVATE_SCHEME,
+    DiameterMeasurement,
+    MeasurementReportWriter,
+    ScalarMeasurement,
+    SegmentFindings,
+    VolumeMeasurement,
+)
+from dicom_io.volume import Volume
+from inference.base import Pipeline, PipelineInputError, SeriesInput, StudyInput
+from inference.liver.phases import (
+    DCE_PHASES,
+    LiverStudyInputs,
+    PhaseRules,
+    PhaseSource,
+    choose_modality,
+    identify_ct_series,
+    identify_dce_phases,
+    read_series_facts,
+)
+from inference.liver.postprocess import MIN_LESION_VOLUME_ML
+
+log = logging.getLogger("pacsnode.liver")
+
+#: Output series numbers: deterministic, so a radiologist finds them in the same place every time.
+SERIES = {"SEG": 9110, "SR": 9111, "overlay": 9120}
+#: ``method`` option → committed model (see inference.liver.weights.DEFAULT_MODELS).
+METHODS = {"fused": "mr", "baseline": "mr-baseline"}
+#: Tumour volume as a percentage of the liver volume: no standard concept, so a pacsnode local code.
+TUMOUR_BURDEN = Code("PN-0101", PRIVATE_SCHEME, "Liver tumour burden")
+PERCENT = codes.UCUM.Percent
+#: The phase whose grid the others are registered onto and the SEG is written on.
+REFERENCE_PHASE = "portal"
+
+
+@dataclass(frozen=True)
+class LiverOptions:
+    """The pipeline's options, parsed and checked (see :meth:`from_options`)."""
+
+    modality: str | None
+    method: str
+    weights: Path | None
+    ct_weights: Path | None
+    min_lesion_mm: float
+    min_lesion_ml: float
+    rules: PhaseRules
+    registration: RegistrationSettings | None
+    overlay: bool
+
+    @classmethod
+    def from_options(cls, options: Mapping[str, Any]) -> LiverOptions:
+        """From route/CLI options: ``modality`` (mr|ct), ``method`` (fused|baseline), ``weights`` (the
+        manifest of a site's MR model) and ``ct_weights`` (of its CT model), ``min_lesion_mm``, ``min_lesion_ml``, ``phase_regex`` and the other :class:`PhaseRules` fields,
+        ``max_shift_mm``, ``registration`` (translation|euler|none), ``overlay`` (bool)."""
+        modality = options.get("modality")
+        modality = str(modality).upper() if modality not in (None, "", "auto") else None
+        if modality not in (None, "MR", "CT"):
+            raise PipelineInputError(f"modality {options.get('modality')!r} is not supported; use mr or ct")
+        method = str(options.get("method", "fused")).lower()
+        if method not in METHODS:
+            raise PipelineInputError(f"liver method {method!r} is not available; choose one of {sorted(METHODS)}")
+        kind = str(options.get("registration", "translation")).lower()
+        if kind not in ("translation", "euler", "none"):
+            raise PipelineInputError(f"registration {kind!r} is not available; choose translation, euler or none")
+        try:
+            registration = None if kind == "none" else RegistrationSettings(
+                transform=kind,  # type: ignore[arg-type]
+                max_shift_mm=float(options.get("max_shift_mm", DEFAULT_MAX_SHIFT_MM)))
+            min_lesion_mm = float(options.get("min_lesion_mm", 0.0))
+            min_lesion_ml = float(options.get("min_lesion_ml", MIN_LESION_VOLUME_ML))
+        except (TypeError, ValueError) as exc:
+            raise PipelineInputError(f"liver-segmentation options: {exc}") from exc
+        weights, ct_weights = options.get("weights"), options.get("ct_weights")
+        overlay = options.get("overlay", True)
+        if isinstance(overlay, str):
+            overlay = overlay.strip().lower() not in ("0", "false", "no", "off")
+        return cls(modality=modality, method=method, weights=Path(weights) if weights else None,
+                   ct_weights=Path(ct_weights) if ct_weights else None,
+                   min_lesion_mm=min_lesion_mm, min_lesion_ml=min_lesion_ml, rules=PhaseRules.from_options(options),
+                   registration=registration, overlay=bool(overlay))
+
+
+def _weights_path(modality: str, options: LiverOptions) -> Path:
+    """The manifest of the model for *modality*: the site's ``weights`` option or the committed model."""
+    from inference.liver.weights import default_weights
+
+    if modality == "CT":
+        return options.ct_weights or default_weights("ct")
+    return options.weights or default_weights(METHODS[options.method])
+
+
+def _model_channels(path: Path) -> tuple[str, ...]:
+    """The phases the model reads, from its manifest; all DCE phases when the manifest cannot be read
+    (loading the model reports that problem later, after the study itself has been checked)."""
+    from inference.liver.weights import LiverModelError, read_manifest
+
+    try:
+        return tuple(str(c) for c in read_manifest(path)["input"]["channels"])
+    except (LiverModelError, KeyError, TypeError):
+        return DCE_PHASES
+
+
+def _load_segmenter(path: Path, modality: str):  # type: ignore[no-untyped-def]
+    from inference.liver.weights import LiverModelError, LiverSegmenter
+
+    try:
+        segmenter = LiverSegmenter.load(path)
+    except LiverModelError as exc:
+        raise PipelineInputError(f"liver segmentation weights cannot be used: {exc}") from exc
+    if segmenter.modality.upper() != modality:
+        raise PipelineInputError(
+            f"the liver model {segmenter.version} ({path}) is for {segmenter.modality}, but the study is {modality}; "
+            "set the weights option to a model of the study's modality")
+    return segmenter
+
+
+def _read_volume(source: PhaseSource, cache: dict[str, Any]) -> Volume:
+    """The phase's volume: a 3D series, or one time point of a 4D series (read once per series)."""
+    series = source.series
+    try:
+        if source.time_point is None:
+            return read_series(series.paths, skip_non_images=True)
+        if series.series_uid not in cache:
+            cache[series.series_uid] = read_dynamic_series(series.paths, skip_non_images=True)
+        dynamic = cache[series.series_uid]
+        if source.time_point >= dynamic.n_times:
+            raise PipelineInputError(
+                f"the 4D series {series.description!r} has {dynamic.n_times} time points; the {source.phase} phase "
+                f"was expected at time point {source.time_point + 1}")
+        return dynamic.frame(source.time_point)
+    except DicomIOError as exc:
+        raise PipelineInputError(f"the {source.phase} series cannot be read as a volume: {exc}") from exc
+
+
+def _source_datasets(volume: Volume, series: SeriesInput) -> list[Dataset]:
+    """The reference volume's source images in slice order, for the writers to reference."""
+    wanted = {ref.sop_instance_uid: k for k, ref in enumerate(volume.source_refs)}
+    found: list[Dataset | None] = [None] * len(wanted)
+    for path in series.paths:
+        header = dcmread(path, stop_before_pixels=True, specific_tags=["SOPInstanceUID"])
+        index = wanted.get(str(header.SOPInstanceUID))
+        if index is not None:
+            found[index] = dcmread(path)
+    if any(ds is None for ds in found) or any(ref.frame_number is not None for ref in volume.source_refs):
+        raise PipelineInputError(
+            f"the results cannot reference series {series.description!r}: it is not a series of single-frame images")
+    return found  # type: ignore[return-value]
+
+
+def _register(volumes: Mapping[str, Volume], options: LiverOptions) -> RegisteredPhases:
+    reference = REFERENCE_PHASE if REFERENCE_PHASE in volumes else next(iter(volumes))
+    skip = list(volumes) if options.registration is None else []
+    try:
+        return register_phases(volumes, reference, options.registration, skip=skip)
+    except RegistrationError as exc:
+        raise PipelineInputError(f"the DCE phases cannot be aligned: {exc}") from exc
+
+
+@dataclass(frozen=True)
+class LiverFindings:
+    """What the pipeline measured, on the reference grid (the masks that go into the SEG)."""
+
+    liver: np.ndarray
+    tumours: np.ndarray
+    lesions: tuple[tuple[np.ndarray, float], ...]  # (mask, longest axial diameter mm) per lesion
+    voxel_ml: float
+
+    def volume_ml(self, mask: np.ndarray) -> float:
+        return float(np.count_nonzero(mask) * self.voxel_ml)
+
+
+def _findings(probabilities: np.ndarray, spacing: Sequence[float], options: LiverOptions) -> LiverFindings:
+    from inference.liver.postprocess import postprocess
+
+    result = postprocess(probabilities, spacing, min_volume_ml=options.min_lesion_ml,
+                         min_diameter_mm=options.min_lesion_mm)
+    liver = result.labels > 0
+    if not liver.any():
+        raise PipelineInputError("no liver was found in the study: check that the series cover the upper abdomen")
+    lesions = tuple((result.lesion_labels == lesion.index, lesion.longest_axial_diameter_mm)
+                    for lesion in result.lesions)
+    return LiverFindings(liver=liver, tumours=result.labels == 2, lesions=lesions,
+                         voxel_ml=float(np.prod(spacing)) / 1000.0)
+
+
+class LiverSegmentationPipeline(Pipeline):
+    """Liver and liver tumour segmentation from 4D DCE-MRI (fused U-Net) or CT (3D U-Net)."""
+
+    name = "liver-segmentation"
+    queue = "cpu"
+    version = "0.1"
+    summary = "liver and tumours from DCE-MRI phases or CT: SEG, volumes/diameters SR, overlay (research use)"
+
+    def run(self, study: StudyInput, options: Mapping[str, Any]) -> Sequence[Dataset]:
+        settings = LiverOptions.from_options(options)
+        started = time.perf_counter()
+        facts = [read_series_facts(s) for s in study.series if s.paths]
+        modality = choose_modality(facts, settings.rules, settings.modality)
+        weights = _weights_path(modality, settings)
+        # The study is checked (phases found, read, aligned) before the model is loaded.
+        if modality == "CT":
+            inputs = LiverStudyInputs("CT", {"ct": identify_ct_series(facts, settings.rules)})
+        else:
+            inputs = LiverStudyInputs("MR", identify_dce_phases(facts, settings.rules,
+                                                                phases=_model_channels(weights)))
+        cache: dict[str, Any] = {}
+        volumes = {name: _read_volume(source, cache) for name, source in inputs.phases.items()}
+        del cache
+        if modality == "MR":
+            registered = _register(volumes, settings)
+            reference_name = registered.reference
+            registration = dict(registered.registrations)
+        else:
+            reference_name = "ct"
+            registration = {}
+        segmenter = _load_segmenter(weights, modality)
+        if modality == "MR":
+            channels = np.stack([registered.array[registered.names.index(c)] for c in segmenter.channels])
+            del registered
+        else:
+            channels = np.asarray(volumes["ct"].array, dtype=np.float32)[np.newaxis]
+        reference = volumes[reference_name]
+        read_s = time.perf_counter() - started
+        probabilities = segmenter.segment(channels, reference.spacing)
+        del channels
+        findings = _findings(probabilities, reference.spacing, settings)
+        del probabilities
+        log.info("liver segmented", extra={
+            "modality": modality, "model": segmenter.version, "device": str(segmenter.device),
+            "phases": {n: s.reason for n, s in inputs.phases.items()},
+            "shift_mm": {n: round(r.shift_mm, 2) for n, r in registration.items()},
+            "liver_ml": round(findings.volume_ml(findings.liver), 1), "lesions": len(findings.lesions),
+            "read_register_s": round(read_s, 2), "total_s": round(time.perf_counter() - started, 2)})
+
+        source = _source_datasets(reference, inputs.phases[reference_name].series)
+        parameters = {"model": segmenter.version, "modality": modality,
+                      "min lesion": f"{settings.min_lesion_ml:g} ml, {settings.min_lesion_mm:g} mm"}
+        if registration:
+            parameters["registration"] = "; ".join(
+                f"{n} {r.shift_mm:.1f} mm" for n, r in registration.items())
+        algorithm = AlgorithmInfo(name="pacsnode liver segmentation", version=self.version, parameters=parameters)
+        return self._outputs(source, findings, algorithm, settings)
+
+    @staticmethod
+    def _outputs(source: list[Dataset], findings: LiverFindings, algorithm: AlgorithmInfo,
+                 options: LiverOptions) -> list[Dataset]:
+        masks: dict[SegmentSpec, np.ndarray] = {liver_segment(): findings.liver}
+        if findings.lesions:
+            masks[tumour_segment()] = findings.tumours
+        for number, (mask, _) in enumerate(findings.lesions, start=1):
+            masks[tumour_segment(number)] = mask
+        seg = SegmentationWriter().write(source, masks, algorithm, SERIES["SEG"], "Liver segmentation research use",
+                                         content_label="LIVER")
+        liver_ml = findings.volume_ml(findings.liver)
+        tumour_ml = findings.volume_ml(findings.tumours)
+        groups = [SegmentFindings(1, measurements=[VolumeMeasurement(liver_ml)])]
+        if findings.lesions:
+            groups.append(SegmentFindings(2, measurements=[
+                VolumeMeasurement(tumour_ml),
+                ScalarMeasurement(TUMOUR_BURDEN, 100.0 * tumour_ml / liver_ml, PERCENT)]))
+            for number, (mask, diameter) in enumerate(findings.lesions, start=1):
+                groups.append(SegmentFindings(number + 2, measurements=[
+                    VolumeMeasurement(findings.volume_ml(mask)),
+                    DiameterMeasurement(diameter, name=codes.SCT.LongAxis)]))
+        report = MeasurementReportWriter().write(source, seg, groups, algorithm, SERIES["SR"],
+                                                 "Liver volumes research use")
+        outputs: list[Dataset] = [seg, report]
+        if options.overlay:
+            overlay = {spec: mask for spec, mask in masks.items() if spec.label in ("Liver", "Liver tumours")}
+            outputs += SummaryImageWriter().write_mask_overlay(source, overlay, algorithm, SERIES["overlay"],
+                                                               "Liver segmentation overlay")
+        return outputs

@@ -1,0 +1,382 @@
+"""The liver-segmentation pipeline: phase identification, registration, the phantom studies offline, and
+end to end through a node into Orthanc."""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+import highdicom as hd
+import numpy as np
+import pytest
+from pydicom import dcmread
+from pydicom.uid import generate_uid
+
+from inference.base import PipelineInputError, SeriesInput, StudyInput
+from inference.liver.phases import (
+    PhaseIdentificationError,
+    PhaseRules,
+    identify_liver_study,
+)
+from tests.dicom_factories import make_ct_datasets, make_mr_datasets, write_series
+
+SEG_CLASS = "1.2.840.10008.5.1.4.1.1.66.4"
+SR_CLASS = "1.2.840.10008.5.1.4.1.1.88.33"
+SC_CLASS = "1.2.840.10008.5.1.4.1.1.7"
+MR_WEIGHTS = Path(__file__).resolve().parents[1] / "inference" / "liver" / "weights" / "liver-seg-mr-v1.json"
+CT_WEIGHTS = Path(__file__).resolve().parents[1] / "inference" / "liver" / "weights" / "liver-seg-ct-v1.json"
+
+
+def _tm(seconds: float) -> str:
+    hours, rest = divmod(seconds, 3600)
+    minutes, secs = divmod(rest, 60)
+    return f"{int(hours):02d}{int(minutes):02d}{secs:09.6f}"
+
+
+class _Study:
+    """Writes small header-realistic series of one study, as the phase rules read them."""
+
+    def __init__(self, folder: Path) -> None:
+        self.folder = folder
+        self.study_uid = generate_uid()
+        self.frame_of_reference = generate_uid()
+        self.series: list[SeriesInput] = []
+
+    def add(self, description: str, *, modality: str = "MR", acquisition_s: float | None = None,
+            bolus_start_s: float | None = None, agent: str | None = None, n_times: int = 1,
+            time_step_s: float = 40.0, slices: int = 3) -> SeriesInput:
+        number = len(self.series) + 1
+        make = make_ct_datasets if modality == "CT" else make_mr_datasets
+        datasets = make((slices, 8, 8), n_times=n_times, series_description=description, series_number=number,
+                        study_uid=self.study_uid, frame_of_reference_uid=self.frame_of_reference)
+        for k, ds in enumerate(datasets):
+            t = k // slices
+            if acquisition_s is not None:
+                ds.AcquisitionTime = _tm(acquisition_s + t * time_step_s)
+            elif "AcquisitionTime" in ds:
+                del ds.AcquisitionTime
+            if bolus_start_s is not None:
+                ds.ContrastBolusStartTime = _tm(bolus_start_s)
+            if agent is not None:
+                ds.ContrastBolusAgent = agent
+        paths = write_series(datasets, self.folder / f"S{number}")
+        series = SeriesInput(str(datasets[0].SeriesInstanceUID), modality, description, number, tuple(paths))
+        self.series.append(series)
+        return series
+
+
+def _phase_descriptions(found) -> dict[str, str]:  # type: ignore[no-untyped-def]
+    return {phase: source.series.description for phase, source in found.phases.items()}
+
+
+def test_phases_from_series_descriptions_ignore_other_sequences(tmp_path):
+    study = _Study(tmp_path)
+    study.add("T2 HASTE tra")
+    study.add("DWI b50 b800")
+    study.add("t1_vibe_fs_tra_delayed 3min", acquisition_s=36300)
+    study.add("T1 VIBE arterial", acquisition_s=36030)
+    study.add("T1 VIBE pre", acquisition_s=35900)
+    study.add("T1 VIBE portal venous", acquisition_s=36070)
+    study.add("T1 VIBE art SUB")  # a subtraction: never a phase
+    found = identify_liver_study(study.series)
+    assert found.modality == "MR" and not found.is_4d
+    assert _phase_descriptions(found) == {"pre": "T1 VIBE pre", "arterial": "T1 VIBE arterial",
+                                          "portal": "T1 VIBE portal venous",
+                                          "delayed": "t1_vibe_fs_tra_delayed 3min"}
+
+
+def test_phases_from_contrast_timing_when_descriptions_say_nothing(tmp_path):
+    study = _Study(tmp_path)
+    bolus = 36000.0
+    # Written out of order, all with the same description: only the timing tells them apart.
+    study.add("t1_vibe_dyn", acquisition_s=bolus + 190, bolus_start_s=bolus, agent="Gadovist")
+    study.add("t1_vibe_dyn", acquisition_s=bolus + 30, bolus_start_s=bolus, agent="Gadovist")
+    study.add("t1_vibe_dyn", acquisition_s=bolus - 60)
+    study.add("t1_vibe_dyn", acquisition_s=bolus + 75, bolus_start_s=bolus, agent="Gadovist")
+    found = identify_liver_study(study.series)
+    numbers = {phase: source.series.number for phase, source in found.phases.items()}
+    assert numbers == {"pre": 3, "arterial": 2, "portal": 4, "delayed": 1}
+    assert "after ContrastBolusStartTime" in found.phases["arterial"].reason
+
+
+def test_phases_from_acquisition_order_without_contrast_attributes(tmp_path):
+    study = _Study(tmp_path)
+    for number, offset in enumerate((240, 0, 100, 40)):
+        study.add(f"Dyn {number}", acquisition_s=36000 + offset)
+    found = identify_liver_study(study.series, PhaseRules(t1=r"(?i)dyn"))
+    order = [found.phases[p].series.description for p in ("pre", "arterial", "portal", "delayed")]
+    assert order == ["Dyn 1", "Dyn 3", "Dyn 2", "Dyn 0"]
+
+
+def test_one_4d_series_gives_every_phase_as_a_time_point(tmp_path):
+    study = _Study(tmp_path)
+    study.add("T2 HASTE")
+    dce = study.add("t1_vibe_dynamic 4D", n_times=4)
+    found = identify_liver_study(study.series)
+    assert found.is_4d
+    assert {p: (s.series.series_uid, s.time_point) for p, s in found.phases.items()} == {
+        "pre": (dce.series_uid, 0), "arterial": (dce.series_uid, 1), "portal": (dce.series_uid, 2),
+        "delayed": (dce.series_uid, 3)}
+
+
+def test_site_rules_from_options_recognise_local_names(tmp_path):
+    study = _Study(tmp_path)
+    for name in ("Leber nativ", "Leber HAP", "Leber PVP", "Leber Spaet"):
+        study.add(name)
+    with pytest.raises(PhaseIdentificationError, match="no delayed phase"):
+        identify_liver_study(study.series)
+    rules = PhaseRules.from_options({"phase_regex": {"delayed": "(?i)sp(ae|ä)t"}})
+    assert identify_liver_study(study.series, rules).phases["delayed"].series.description == "Leber Spaet"
+    with pytest.raises(PipelineInputError, match="unknown phase"):
+        PhaseRules.from_options({"phase_regex": {"hepatobiliary": "hbp"}})
+    with pytest.raises(PipelineInputError, match="not a valid regular expression"):
+        PhaseRules.from_options({"phase_regex": {"arterial": "(unclosed"}})
+
+
+def test_a_study_without_an_arterial_phase_is_refused_naming_it(tmp_path):
+    study = _Study(tmp_path)
+    study.add("T1 VIBE pre")
+    study.add("T1 VIBE portal")
+    study.add("T1 VIBE delayed")
+    study.add("T2 HASTE")
+    with pytest.raises(PhaseIdentificationError) as raised:
+        identify_liver_study(study.series)
+    message = str(raised.value)
+    assert message.startswith("no arterial phase found among series:")
+    assert "'T2 HASTE' #4" in message and "'T1 VIBE portal' #2" in message
+    assert "phase_regex" in message
+
+
+def test_ct_study_takes_the_portal_venous_series(tmp_path):
+    study = _Study(tmp_path)
+    study.add("Topogram", modality="CT", slices=1)
+    study.add("Abdomen arterial 1.5mm", modality="CT", slices=4)
+    portal = study.add("Abdomen PV 3mm", modality="CT", slices=3)
+    found = identify_liver_study(study.series)
+    assert found.modality == "CT" and found.phases["ct"].series == portal
+    with pytest.raises(PhaseIdentificationError, match="no CT image series"):
+        identify_liver_study(study.series[:0] + [study.add("T1 VIBE pre")], modality="ct")
+
+
+# --------------------------------------------------------------------------- the pipeline on phantom studies
+
+from dicom_io.reader import read_series  # noqa: E402
+from dicom_io.seg_reader import read_segmentation  # noqa: E402
+from dicom_io.study import group_study  # noqa: E402
+from inference.liver.phantom import simulate_liver_ct, simulate_liver_mr  # noqa: E402
+from inference.liver.phantom_dicom import write_liver_ct_study, write_liver_dce_study  # noqa: E402
+from inference.liver.pipeline import SERIES, LiverSegmentationPipeline  # noqa: E402
+from tests.dicom_validate import assert_valid_dicom  # noqa: E402
+
+
+def _needs(weights: Path):  # type: ignore[no-untyped-def]
+    return pytest.mark.skipif(not weights.is_file(), reason=f"{weights.name} is not in this checkout: the committed "
+                                                            "liver weights are needed to run the model")
+
+
+def _study_input(folder: Path) -> StudyInput:
+    """What the node hands the pipeline: every image series of the study (the ground truth stays behind)."""
+    paths = [p for p in folder.rglob("*") if p.is_file() and "ground_truth" not in p.parts]
+    summaries = list(group_study(paths).values())
+    return StudyInput(str(summaries[0].study_uid), tuple(
+        SeriesInput(s.series_uid, s.modality, s.series_description, s.series_number, s.paths) for s in summaries))
+
+
+def _series_described(study: StudyInput, pattern: str) -> SeriesInput:
+    import re
+
+    [series] = [s for s in study.series if re.search(pattern, s.description or "", re.I)]
+    return series
+
+
+@pytest.fixture(scope="module")
+def dce_phantom():  # type: ignore[no-untyped-def]
+    return simulate_liver_mr(5, n_lesions=2, motion_mm=4.0)
+
+
+@pytest.fixture(scope="module")
+def dce_folder(dce_phantom, tmp_path_factory) -> Path:
+    return Path(write_liver_dce_study(dce_phantom, tmp_path_factory.mktemp("dce"), seed=5))
+
+
+@pytest.fixture(scope="module")
+def dce_results(dce_folder):  # type: ignore[no-untyped-def]
+    return LiverSegmentationPipeline().run(_study_input(dce_folder), {})
+
+
+def _by_class(outputs, sop_class: str):  # type: ignore[no-untyped-def]
+    return [ds for ds in outputs if ds.SOPClassUID == sop_class]
+
+
+def _dice(a: np.ndarray, b: np.ndarray) -> float:
+    return float(2 * np.count_nonzero(a & b) / (np.count_nonzero(a) + np.count_nonzero(b)))
+
+
+def _sr_volumes(sr) -> dict[int, float]:  # type: ignore[no-untyped-def]
+    """Segment number → the volume (ml) the SR reports for it, read back with highdicom."""
+    report = hd.sr.ComprehensiveSR.from_dataset(sr)
+    volumes = {}
+    for group in report.content.get_volumetric_roi_measurement_groups():
+        [number] = group.referenced_segment.referenced_segment_numbers
+        [volume] = [m for m in group.get_measurements() if m.name.meaning == "Volume"]
+        assert volume.unit.value == "ml"
+        volumes[number] = float(volume.value)
+    return volumes
+
+
+def _check_seg_and_sr(outputs, reference_series: SeriesInput, truth_labels: np.ndarray,  # type: ignore[no-untyped-def]
+                      overlay: bool = True) -> dict[str, float]:
+    """dciodvfy-clean SEG and SR, liver Dice against the truth, SR volumes = SEG voxels × voxel volume."""
+    [seg] = _by_class(outputs, SEG_CLASS)
+    [sr] = _by_class(outputs, SR_CLASS)
+    assert int(seg.SeriesNumber) == SERIES["SEG"] and int(sr.SeriesNumber) == SERIES["SR"]
+    assert_valid_dicom(seg, expected_iod="Segmentation")
+    assert_valid_dicom(sr)
+    assert bool(_by_class(outputs, SC_CLASS)) == overlay, "the colour overlay series is missing or unwanted"
+    reference = read_series(reference_series.paths)
+    on_grid = read_segmentation(seg, reference)
+    assert on_grid.placed_by == "source instances"
+    [liver_number] = on_grid.find(label="^Liver$")
+    liver_dice = _dice(on_grid.masks[liver_number], truth_labels > 0)
+    assert liver_dice >= 0.9, f"liver Dice {liver_dice:.3f}"
+    voxel_ml = float(np.prod(reference.spacing)) / 1000.0
+    reported = _sr_volumes(sr)
+    assert set(reported) == set(on_grid.masks)
+    for number, mask in on_grid.masks.items():
+        assert reported[number] == pytest.approx(np.count_nonzero(mask) * voxel_ml, rel=1e-9), number
+    return {"liver_dice": liver_dice}
+
+
+@_needs(MR_WEIGHTS)
+def test_dce_phases_as_separate_series_give_a_valid_seg_and_sr_matching_the_truth(dce_results, dce_folder,
+                                                                               dce_phantom):
+    study = _study_input(dce_folder)
+    _check_seg_and_sr(dce_results, _series_described(study, "portal"), dce_phantom.labels)
+    [sr] = _by_class(dce_results, SR_CLASS)
+    assert "research" in str(sr.SeriesDescription).lower()
+
+
+@_needs(MR_WEIGHTS)
+def test_sr_reports_tumour_burden_and_each_lesion_diameter(dce_results):
+    [sr] = _by_class(dce_results, SR_CLASS)
+    report = hd.sr.ComprehensiveSR.from_dataset(sr)
+    names: dict[str, list[float]] = {}
+    for group in report.content.get_volumetric_roi_measurement_groups():
+        for measurement in group.get_measurements():
+            names.setdefault(measurement.name.meaning, []).append(float(measurement.value))
+    [seg] = _by_class(dce_results, SEG_CLASS)
+    lesions = [s for s in seg.SegmentSequence if str(s.SegmentLabel).startswith("Liver lesion")]
+    assert len(names.get("Long axis", [])) == len(lesions)
+    if lesions:
+        [burden] = names["Liver tumour burden"]
+        volumes = _sr_volumes(sr)
+        assert burden == pytest.approx(100 * volumes[2] / volumes[1], rel=1e-6)
+
+
+@_needs(MR_WEIGHTS)
+def test_a_4d_dce_series_gives_the_same_kind_of_result(dce_phantom, tmp_path):
+    folder = Path(write_liver_dce_study(dce_phantom, tmp_path / "dce4d", as_4d=True, seed=5))
+    study = _study_input(folder)
+    [dynamic] = [s for s in study.series if s.modality == "MR"]
+    outputs = LiverSegmentationPipeline().run(study, {"overlay": False})
+    [seg] = _by_class(outputs, SEG_CLASS)
+    assert_valid_dicom(seg, expected_iod="Segmentation")
+    # The SEG lies on the portal time point of the 4D series.
+    from dicom_io.reader import read_dynamic_series
+
+    portal = read_dynamic_series(dynamic.paths).frame(2)
+    on_grid = read_segmentation(seg, portal)
+    [liver_number] = on_grid.find(label="^Liver$")
+    assert _dice(on_grid.masks[liver_number], dce_phantom.labels > 0) >= 0.9
+
+
+@_needs(CT_WEIGHTS)
+def test_ct_study_gives_a_valid_seg_and_sr_matching_the_truth(tmp_path):
+    phantom = simulate_liver_ct(6, n_lesions=2)
+    folder = Path(write_liver_ct_study(phantom, tmp_path / "ct", seed=6))
+    study = _study_input(folder)
+    outputs = LiverSegmentationPipeline().run(study, {"overlay": False, "modality": "ct"})
+    [ct] = [s for s in study.series if s.modality == "CT"]
+    _check_seg_and_sr(outputs, ct, phantom.labels, overlay=False)
+
+
+def test_a_study_without_its_arterial_phase_fails_naming_it(dce_folder):
+    study = _study_input(dce_folder)
+    arterial = _series_described(study, "arterial")
+    without = StudyInput(study.study_uid, tuple(s for s in study.series if s is not arterial))
+    with pytest.raises(PipelineInputError, match="no arterial phase found among series"):
+        LiverSegmentationPipeline().run(without, {})
+
+
+def test_phases_that_cannot_be_aligned_fail_with_the_reason(dce_folder, tmp_path):
+    """The arterial series as if from another examination: another frame of reference, far away."""
+    study = _study_input(dce_folder)
+    arterial = _series_described(study, "arterial")
+    frame = generate_uid()
+    moved = []
+    for k, path in enumerate(arterial.paths):
+        ds = dcmread(path)
+        ds.FrameOfReferenceUID = frame
+        ds.ImagePositionPatient = [float(v) + (900.0 if i == 2 else 0.0) for i, v in enumerate(ds.ImagePositionPatient)]
+        moved.append(tmp_path / f"A{k:04d}.dcm")
+        ds.save_as(moved[-1])
+    series = tuple(SeriesInput(s.series_uid, s.modality, s.description, s.number, tuple(moved))
+                   if s is arterial else s for s in study.series)
+    with pytest.raises(PipelineInputError, match="cannot be aligned: .*arterial phase .*do not overlap"):
+        LiverSegmentationPipeline().run(StudyInput(study.study_uid, series), {})
+
+
+def test_a_shift_beyond_max_shift_mm_fails_with_the_reason(dce_folder, dce_phantom):
+    portal = dce_phantom.channels.index("portal")
+    largest = float(np.max(np.linalg.norm(dce_phantom.motion_mm - dce_phantom.motion_mm[portal], axis=1)))
+    assert largest > 1.0
+    with pytest.raises(PipelineInputError, match="more than max_shift_mm = 0.5 mm"):
+        LiverSegmentationPipeline().run(_study_input(dce_folder), {"max_shift_mm": 0.5})
+
+
+def test_unknown_options_values_are_refused(dce_folder):
+    with pytest.raises(PipelineInputError, match="liver method 'magic'"):
+        LiverSegmentationPipeline().run(_study_input(dce_folder), {"method": "magic"})
+    with pytest.raises(PipelineInputError, match="registration 'affine'"):
+        LiverSegmentationPipeline().run(_study_input(dce_folder), {"registration": "affine"})
+
+
+@pytest.mark.e2e
+@_needs(MR_WEIGHTS)
+def test_phantom_pushed_with_storescu_arrives_in_orthanc_as_seg_and_sr(tmp_path, dce_folder):
+    from tests.node_harness import NodeProcess, wait_until
+    from tests.orthanc_peer import OrthancPeer
+
+    orthanc = OrthancPeer(tmp_path / "orthanc")
+    route = {"name": "liver", "level": "study", "match": {"Modality": "MR"},
+             "pipelines": ["liver-segmentation"], "destinations": ["PACS"], "options": {"overlay": False}}
+    node = NodeProcess(tmp_path / "node", routes=[route], study={"stable_seconds": 2},
+                       destinations={"PACS": {"ae_title": "ORTHANC", "host": "127.0.0.1",
+                                              "port": orthanc.dicom_port}})
+    node.start()
+    try:
+        files = sorted(p for p in dce_folder.rglob("*") if p.is_file() and "ground_truth" not in p.parts)
+        result = node.storescu(*files)
+        assert result.returncode == 0, result.stderr
+        wait_until(lambda: node.status()["outbox"] and all(r["state"] == "sent" for r in node.status()["outbox"]),
+                   timeout=400, interval=2, what="liver results in Orthanc")
+        [study] = node.status()["studies"]
+        [job] = study["jobs"]
+        assert job["pipeline"] == "liver-segmentation" and job["state"] == "succeeded"
+        arrived = {}
+        for instance_id in orthanc.instances():
+            ds = dcmread(io.BytesIO(orthanc.download(instance_id)))
+            if ds.SOPClassUID in (SEG_CLASS, SR_CLASS):
+                arrived[str(ds.SOPClassUID)] = ds
+        assert set(arrived) == {SEG_CLASS, SR_CLASS}
+        assert_valid_dicom(arrived[SEG_CLASS], expected_iod="Segmentation")
+        assert_valid_dicom(arrived[SR_CLASS])
+        portal = read_series(_series_described(_study_input(dce_folder), "portal").paths)
+        on_grid = read_segmentation(arrived[SEG_CLASS], portal)
+        voxel_ml = float(np.prod(portal.spacing)) / 1000.0
+        reported = _sr_volumes(arrived[SR_CLASS])
+        assert {n: pytest.approx(np.count_nonzero(m) * voxel_ml, rel=1e-9) for n, m in on_grid.masks.items()} \
+            == reported
+    finally:
+        node.stop()
+        orthanc.stop()
