@@ -308,3 +308,45 @@ def test_committed_weights_segment_a_held_out_phantom(name):
     phantom = training.simulate_phantom(recipe, 7)  # evaluation seed, never trained on
     seg = training.phantom_segmenter(segmenter, recipe)(phantom)
     assert ev.dice(seg.labels > 0, phantom.labels > 0) >= 0.9
+
+
+# --------------------------------------------------------------------------- training
+
+
+def test_training_is_seeded_and_writes_a_loadable_model(tmp_path):
+    from inference.liver import training
+
+    settings = training.TrainingSettings(steps=2, pool_size=1, refresh_every=0, evaluation_cases=0,
+                                         patch_size=(8, 32, 32), batch_size=1)
+    first = training.train_liver_model("liver-seg-mr-baseline", tmp_path / "a", settings, log=lambda _: None)
+    again = training.train_liver_model("liver-seg-mr-baseline", tmp_path / "b", settings, log=lambda _: None)
+    other = training.train_liver_model("liver-seg-mr-baseline", tmp_path / "c",
+                                       training.TrainingSettings(**{**settings.__dict__, "seed": 1}),
+                                       log=lambda _: None)
+    assert first["weights_sha256"] == again["weights_sha256"] != other["weights_sha256"]
+    assert first["training"]["phantom_seeds"] == [training.FIRST_TRAINING_SEED, training.FIRST_TRAINING_SEED]
+    segmenter = lw.LiverSegmenter.load(tmp_path / "a" / "liver-seg-mr-baseline-v1.json", device="cpu")
+    assert segmenter.channels == ("portal",) and segmenter.patch_size == (8, 32, 32)
+    card = (tmp_path / "a" / training.MODEL_CARD).read_text()
+    assert "Research use only" in card and "pacsnode train liver-seg-mr-baseline --seed 0 --steps 2" in card
+
+
+def test_site_study_with_a_seg_is_read_onto_the_portal_grid_with_its_phases_aligned(tmp_path):
+    from inference.liver import phantom as ph
+    from inference.liver import training
+    from inference.liver.phantom_dicom import write_liver_dce_study
+
+    phantom = ph.simulate_liver_mr(11, n_lesions=2, motion_mm=6.0)
+    write_liver_dce_study(phantom, tmp_path / "study-a")
+    recipe = training.MODEL_RECIPES["liver-seg-mr"]
+    channels, labels, spacing = training.load_site_study(tmp_path / "study-a", recipe)
+    assert channels.shape == (4, *phantom.labels.shape)
+    assert spacing == pytest.approx(phantom.spacing)
+    assert np.array_equal(labels, phantom.labels)
+    aligned = training.phantom_channels(recipe, phantom)  # the known motion undone
+    for k in range(4):
+        raw = np.corrcoef(channels[k].ravel(), phantom.images[k].ravel())[0, 1]
+        registered = np.corrcoef(channels[k].ravel(), aligned[k].ravel())[0, 1]
+        assert registered > 0.95 and registered >= raw - 1e-6
+    with pytest.raises(training.TrainingDataError, match="no study folders"):
+        training.site_cases(tmp_path / "study-a" / "ground_truth", recipe, training.TrainingSettings(), print)

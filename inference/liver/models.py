@@ -16,8 +16,8 @@ per DCE phase in acquisition order:
   skip levels, because a tumour's wash-in/wash-out pattern is a per-voxel
   signal that the full-resolution skips must carry (a bottleneck-only fusion
   leaves the skips with four unrelated phase features to average). To stay
-  within a CPU budget the two finest levels use 1×1×1 LSTM kernels (a per-voxel
-  LSTM over the enhancement curve) and the coarser levels 3×3×3 kernels;
+  within a CPU budget the finer levels use 1×1×1 LSTM kernels (a per-voxel
+  LSTM over the enhancement curve) and the bottleneck a 3×3×3 kernel;
 * a **decoder with dense nested skips** (U-Net++; the seed's eq. 2,
   ``x^{i,j} = D([x^{i,0..j-1}, T(x^{i+1,j-1})])``) produces the class scores
   from the finest node ``x^{0,L-1}``. Deep supervision is not used.
@@ -148,7 +148,7 @@ class FusedUNet4DConfig:
     phases: int = 4
     classes: int = len(LIVER_CLASSES)
     widths: tuple[int, ...] = (8, 16, 24, 32)
-    lstm_kernels: tuple[int, ...] = (1, 1, 3, 3)
+    lstm_kernels: tuple[int, ...] = (1, 1, 1, 3)
 
     def __post_init__(self) -> None:
         if len(self.widths) < 2 or len(self.lstm_kernels) != len(self.widths):
