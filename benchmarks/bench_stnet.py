@@ -24,7 +24,7 @@ import torch
 from inference.perfusion import simulation as sim
 from inference.perfusion import stnet as st
 
-WEIGHTS = Path(__file__).resolve().parents[1] / "inference" / "perfusion" / "weights" / "stnet-v1.pt"
+WEIGHTS = Path(__file__).resolve().parents[1] / "inference" / "perfusion" / "weights" / "stnet-v2.pt"
 
 
 def make_study(seed: int = 0, shape: tuple[int, int, int] = (20, 128, 128), frames: int = 50,

@@ -76,7 +76,7 @@ log = logging.getLogger("pacsnode.perfusion")
 
 METHODS = {"osvd": "oSVD", "csvd": "cSVD", "ssvd": "sSVD", "stnet": "ST-Net"}
 #: The committed ST-Net-like weights; a site points ``stnet_weights`` at its own.
-DEFAULT_STNET_WEIGHTS = Path(__file__).parent / "weights" / "stnet-v1.json"
+DEFAULT_STNET_WEIGHTS = Path(__file__).parent / "weights" / "stnet-v2.json"
 MIN_TIME_POINTS = 10
 
 # Output series numbers: deterministic, so a radiologist finds them in the same place every time.

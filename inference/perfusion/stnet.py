@@ -377,8 +377,9 @@ def stnet_loss(
     target: torch.Tensor,
     centre_curves: torch.Tensor,
     physics_weight: float = 0.1,
+    cbf_relative_weight: float = 0.0,
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-    """The paper's eq. (9): MAE on (CBV, CBF, Tmax) + w · MAE(∫c_t dt, f(CBV_pred)).
+    """The paper's eq. (9): MAE on (CBV, CBF, Tmax) + w · MAE(∫c_t dt, f(CBV_pred)), plus our relative CBF term.
 
     *predicted* and *target* are (B, 3) normalised outputs; *centre_curves* (B, T)
     the normalised tissue curve of each patch's centre voxel as given to the
@@ -387,13 +388,22 @@ def stnet_loss(
     (both sides divided by the constant of eq. (4) and by CBV_SCALE), so that
     *physics_weight* weighs it on the same scale as the supervised terms. It
     needs no ground truth (it is the paper's unsupervised term).
+
+    *cbf_relative_weight* adds w · MAE(log CBF_pred, log CBF_true) (not in the
+    paper): the absolute MAE lets low-flow tissue carry large relative errors,
+    and the ischaemic core is defined by relative CBF (< 30 % of normal), so
+    a bias at low flow moves penumbra into the core.
     """
     supervised = (predicted - target).abs().mean()
     implied = cbv_from_curve_area(curve_area(centre_curves)) / CBV_SCALE
     physics = (implied - predicted[:, 0]).abs().mean()
     total = supervised + physics_weight * physics
+    cbf = OUTPUT_NAMES.index("cbf")
+    relative = (torch.log(predicted[:, cbf] + 1e-3) - torch.log(target[:, cbf] + 1e-3)).abs().mean()
+    if cbf_relative_weight:
+        total = total + cbf_relative_weight * relative
     per_output = (predicted - target).abs().mean(dim=0)
-    parts = {"supervised": supervised.detach(), "physics": physics.detach()}
+    parts = {"supervised": supervised.detach(), "physics": physics.detach(), "cbf_relative": relative.detach()}
     parts.update({f"mae_{n}": per_output[i].detach() for i, n in enumerate(OUTPUT_NAMES)})
     return total, parts
 
