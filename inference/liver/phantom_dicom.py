@@ -16,10 +16,10 @@ dynamic: SeriesDescription names the phase ("t1_vibe_fs_tra_arterial"),
 post-contrast series carry the Contrast/Bolus module with
 ``ContrastBolusStartTime``, and ``AcquisitionTime`` follows the phase's time
 after injection. ``as_4d=True`` writes the dynamic phases as one series with
-``TemporalPositionIdentifier``, ``NumberOfTemporalPositions`` and
-``TriggerTime`` (ms from the first phase; as non-gated multiphase series from
-scanners do, although the MR Image module conditions TriggerTime on cardiac
-gating, so dciodvfy flags it). The per-channel motion is in the pixel data; the labels and
+``TemporalPositionIdentifier``, ``NumberOfTemporalPositions`` and each phase's
+``AcquisitionTime``. (Many scanners also put TriggerTime on non-gated multiphase
+series; the MR Image module allows it only with cardiac or pulse gating, so the
+phantom leaves it out and every object it writes passes dciodvfy.) The per-channel motion is in the pixel data; the labels and
 the SEG are on the portal-venous (reference) series.
 
 CT: CT Image Storage, unsigned 16-bit stored values with RescaleIntercept
@@ -284,8 +284,7 @@ def write_liver_dce_study(phantom: LiverPhantom, out_dir: str | Path, *, as_4d: 
             moment = acquired(channel)
             _instances(template, phantom, stack[t], folder, seed, "series-dce-4d", start_number=t * nz + 1,
                        per_instance={"TemporalPositionIdentifier": t + 1, "AcquisitionNumber": t + 1,
-                                     "AcquisitionTime": _tm(moment), "ContentTime": _tm(moment),
-                                     "TriggerTime": f"{(moment - pre_start).total_seconds() * 1000:.0f}"})
+                                     "AcquisitionTime": _tm(moment), "ContentTime": _tm(moment)})
         for channel in dce:
             series[channel] = {"series_instance_uid": uid, "series_number": _MR_4D["number"],
                                "series_description": _MR_4D["description"], "folder": folder.name,
