@@ -69,10 +69,21 @@ def serve(config_path: str | None) -> None:
 @click.option("--concurrency", type=int, default=None, help="Parallel jobs (default: broker.worker_concurrency).")
 @click.option("--pool", default="prefork", show_default=True,
               type=click.Choice(["prefork", "threads", "solo"]), help="Celery pool; prefork enforces time limits.")
-def worker(config_path: str | None, queues: str, concurrency: int | None, pool: str) -> None:
+@click.option("--metrics-port", type=click.IntRange(1, 65535), default=None,
+              help="Serve this worker's /metrics here (default: http.worker_metrics_port; none if unset).")
+def worker(config_path: str | None, queues: str, concurrency: int | None, pool: str,
+           metrics_port: int | None) -> None:
     """Run a worker that executes pipeline jobs from the broker (scale-out mode)."""
     config = _load(config_path)
     setup_logging(config.logging.level, config.logging.json_format)
+    # Before node.jobs imports prometheus_client: job metrics of every pool process in one directory.
+    from node import worker_metrics
+    metrics_port = metrics_port or config.http.worker_metrics_port
+    try:
+        if metrics_port:
+            worker_metrics.prepare_multiprocess_dir(metrics_port)
+    except worker_metrics.WorkerMetricsError as exc:
+        raise click.ClickException(str(exc)) from exc
     from node.jobs import QUEUES, configure_celery
 
     names = [q.strip() for q in queues.split(",") if q.strip()]
@@ -80,6 +91,12 @@ def worker(config_path: str | None, queues: str, concurrency: int | None, pool: 
     if unknown:
         raise click.ClickException(f"unknown queue(s) {unknown}; choose from {sorted(QUEUES)}")
     app = configure_celery(config)
+    hostname = f"pacsnode-{'-'.join(names)}@{os.uname().nodename}"
+    if metrics_port:
+        try:
+            worker_metrics.start_worker_metrics(config.http.host, metrics_port, hostname, ",".join(names), pool)
+        except worker_metrics.WorkerMetricsError as exc:
+            raise click.ClickException(str(exc)) from exc
     app.Worker(
         queues=[QUEUES[q] for q in names],
         concurrency=concurrency or config.broker.worker_concurrency,
@@ -87,7 +104,7 @@ def worker(config_path: str | None, queues: str, concurrency: int | None, pool: 
         loglevel=config.logging.level,
         without_mingle=True,
         without_gossip=True,
-        hostname=f"pacsnode-{'-'.join(names)}@{os.uname().nodename}",
+        hostname=hostname,
     ).start()
 
 
@@ -307,6 +324,78 @@ def synth_perfusion(out_dir: Path, seed: int, snr: float) -> None:
     click.echo(f"wrote a DSC stroke phantom ({count} instances) and its ground truth to {out_dir}")
 
 
+# --- liver phantoms (issue 5) -------------------------------------------------------------------
+
+
+def _zyx(kind: type, value: str | None) -> tuple | None:
+    """Parse "Z,Y,X" (e.g. --shape 48,128,128 or --spacing 4,3,3)."""
+    if value is None:
+        return None
+    parts = value.split(",")
+    try:
+        parsed = tuple(kind(p) for p in parts)
+    except ValueError:
+        parsed = ()
+    if len(parsed) != 3:
+        raise click.BadParameter(f"expected three comma-separated numbers Z,Y,X, got {value!r}")
+    return parsed
+
+
+def _liver_geometry(shape: str | None, spacing: str | None) -> dict[str, tuple]:
+    geometry: dict[str, tuple] = {}
+    if shape is not None:
+        geometry["shape"] = _zyx(int, shape)  # type: ignore[assignment]
+    if spacing is not None:
+        geometry["spacing"] = _zyx(float, spacing)  # type: ignore[assignment]
+    return geometry
+
+
+def _liver_summary(out_dir: Path, phantom: object) -> None:
+    lesions = getattr(phantom, "lesions", ())
+    series = sorted(p.name for p in out_dir.iterdir() if p.is_dir() and p.name != "ground_truth")
+    click.echo(f"study: {out_dir} ({len(series)} series: {', '.join(series)})")
+    click.echo(f"ground truth: {out_dir / 'ground_truth'} (labels.npz, truth.json, truth-seg.dcm); "
+               f"{len(lesions)} lesion(s): " + (", ".join(f"{les.kind.name.lower()} {les.longest_diameter_mm:.0f} mm"
+                                                          for les in lesions) or "none"))
+
+
+@synth.command("liver-dce")
+@click.argument("out_dir", type=click.Path(file_okay=False, path_type=Path))
+@click.option("--seed", default=0, show_default=True, type=int)
+@click.option("--as-4d", "as_4d", is_flag=True, help="Write the four DCE phases as one 4D series.")
+@click.option("--shape", default=None, help="Z,Y,X voxels (default 48,128,128).")
+@click.option("--spacing", default=None, help="Z,Y,X mm (default 4,3,3).")
+def synth_liver_dce(out_dir: Path, seed: int, as_4d: bool, shape: str | None, spacing: str | None) -> None:
+    """A liver DCE-MRI phantom (pre, arterial, portal, delayed) with ground truth and a truth SEG."""
+    from inference.liver.phantom import PhantomParameterError, simulate_liver_mr
+    from inference.liver.phantom_dicom import write_liver_dce_study
+
+    try:
+        phantom = simulate_liver_mr(seed, **_liver_geometry(shape, spacing))
+    except PhantomParameterError as exc:
+        raise click.BadParameter(str(exc)) from exc
+    write_liver_dce_study(phantom, out_dir, as_4d=as_4d, seed=seed)
+    _liver_summary(out_dir, phantom)
+
+
+@synth.command("liver-ct")
+@click.argument("out_dir", type=click.Path(file_okay=False, path_type=Path))
+@click.option("--seed", default=0, show_default=True, type=int)
+@click.option("--shape", default=None, help="Z,Y,X voxels (default 48,128,128).")
+@click.option("--spacing", default=None, help="Z,Y,X mm (default 4,3,3).")
+def synth_liver_ct(out_dir: Path, seed: int, shape: str | None, spacing: str | None) -> None:
+    """A portal-venous liver CT phantom with ground truth and a truth SEG."""
+    from inference.liver.phantom import PhantomParameterError, simulate_liver_ct
+    from inference.liver.phantom_dicom import write_liver_ct_study
+
+    try:
+        phantom = simulate_liver_ct(seed, **_liver_geometry(shape, spacing))
+    except PhantomParameterError as exc:
+        raise click.BadParameter(str(exc)) from exc
+    write_liver_ct_study(phantom, out_dir, seed=seed)
+    _liver_summary(out_dir, phantom)
+
+
 @main.group()
 def train() -> None:
     """Reproduce the committed model weights from the project's simulators."""
@@ -319,6 +408,78 @@ def train_stnet(ctx: click.Context) -> None:
     from inference.perfusion.stnet_training import main as train_main
 
     sys.exit(train_main(ctx.args))
+
+
+def _add_liver_training_command(name: str, what: str) -> None:
+    """`pacsnode train <name>`: one of the liver segmentation models (options: --seed, --out, --steps, ...)."""
+
+    @train.command(name, context_settings={"ignore_unknown_options": True, "allow_extra_args": True,
+                                           "help_option_names": []},
+                   help=f"Train the {what} (options: --seed, --out, --steps, --minutes, --data DIR; --help for all).")
+    @click.pass_context
+    def command(ctx: click.Context) -> None:
+        from inference.liver.training import main as train_main
+
+        sys.exit(train_main(ctx.args, name=name))
+
+
+_add_liver_training_command("liver-seg-mr", "4D DCE-MRI liver/tumour fused U-Net")
+_add_liver_training_command("liver-seg-ct", "CT liver/tumour 3D U-Net")
+_add_liver_training_command("liver-seg-mr-baseline", "single-phase (portal) MR 3D U-Net baseline")
+
+
+@main.group()
+def evaluate() -> None:
+    """Accuracy reports of pipelines on simulated studies with known truth (research use)."""
+
+
+@evaluate.command("perfusion")
+@click.option("--cases", default=3, show_default=True, type=int, help="Held-out stroke phantoms to simulate.")
+@click.option("--snr", default=50.0, show_default=True, type=float, help="Tissue signal-to-noise ratio.")
+@click.option("--seed", "first_seed", default=1001, show_default=True, type=int,
+              help="Seed of the first phantom; the others follow (seed+1, ...). Training seeds are refused.")
+@click.option("--methods", default="osvd,csvd,ssvd,stnet", show_default=True, help="Comma-separated methods.")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+def evaluate_perfusion(cases: int, snr: float, first_seed: int, methods: str, as_json: bool) -> None:
+    """Every perfusion method side by side on held-out stroke phantoms: map, lesion and DEFUSE 3 accuracy."""
+    from inference.perfusion.evaluation import EvaluationError, format_report
+    from inference.perfusion.evaluation import evaluate_perfusion as run_evaluation
+
+    try:
+        report = run_evaluation(cases, snr, first_seed, [m.strip() for m in methods.split(",") if m.strip()])
+    except EvaluationError as exc:
+        raise click.ClickException(str(exc)) from exc
+    click.echo(json.dumps(report, indent=2) if as_json else format_report(report))
+
+
+@evaluate.command("liver-seg")
+@click.option("--modality", type=click.Choice(["mr", "ct"]), default="mr", show_default=True)
+@click.option("--cases", default=5, show_default=True, type=int, help="Held-out liver phantoms to simulate.")
+@click.option("--seed", "first_seed", default=0, show_default=True, type=int,
+              help="Seed of the first phantom; the others follow. Training seeds are refused.")
+@click.option("--model", "model_path", default=None, type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="Manifest of the model to score (default: the committed one for --modality).")
+@click.option("--baseline", "baseline_path", default=None,
+              type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="MR only: manifest of the single-phase baseline (default: the committed one).")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+def evaluate_liver_seg(modality: str, cases: int, first_seed: int, model_path: Path | None,
+                       baseline_path: Path | None, as_json: bool) -> None:
+    """Liver/tumour Dice, IoU, HD95, precision, recall and lesion detection on held-out phantoms
+    (MR: the 4D model beside the single-phase baseline)."""
+    from inference.liver.comparison import compare_models, format_comparison
+    from inference.liver.weights import LiverModelError, default_weights
+
+    models: dict[str, str | Path] = {"4D fused U-Net" if modality == "mr" else "CT U-Net":
+                                     model_path or default_weights(modality)}
+    if modality == "mr":
+        models["single-phase baseline"] = baseline_path or default_weights("mr-baseline")
+    try:
+        report = compare_models(modality, cases, first_seed, models,
+                                log=None if as_json else lambda line: click.echo(line, err=True))
+    except (LiverModelError, ValueError) as exc:
+        raise click.ClickException(str(exc)) from exc
+    click.echo(json.dumps(report, indent=2) if as_json else format_comparison(report))
 
 
 @main.command()
