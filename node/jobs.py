@@ -21,7 +21,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from celery import Celery
+from celery import Celery, signals
 from kombu import Queue
 from pydicom.dataset import Dataset
 from pydicom.uid import ExplicitVRLittleEndian
@@ -33,7 +33,7 @@ from inference.base import (
     StudyInput,
     TransientPipelineError,
 )
-from inference.registry import UnknownPipelineError, get_pipeline
+from inference.registry import UnknownPipelineError, available_pipelines, get_pipeline
 from node import metrics
 from node.audit import AuditLog
 from node.config import NodeConfig
@@ -133,6 +133,25 @@ def run_job_task(job_id: int, token: str) -> None:
         metrics.JOBS_RETRIED.labels(job.pipeline).inc()
         backoff = min(config.jobs.retry_backoff_max_s, 2.0 ** job.attempts)
         JobDispatcher(runner.index).dispatch(job, new_token=False, countdown=backoff)
+
+
+@signals.worker_init.connect
+def _import_pipelines_before_forking(sender: object = None, **_: object) -> None:
+    """Import every pipeline in a prefork worker's main process, before the pool forks.
+
+    The pool's children inherit the imported modules. Otherwise each fresh
+    child spent its first job's first seconds importing torch and the like,
+    and during such C-level imports the job's heartbeat thread cannot run: a
+    live job could look lost to the supervisor and be run a second time.
+    """
+    if str(getattr(sender, "pool_cls", "")) != "prefork":
+        return
+    try:
+        names = sorted(available_pipelines())
+    except Exception:  # a broken plugin fails its own jobs with the reason; the worker still starts
+        log.warning("importing the pipelines before forking failed", exc_info=True)
+        return
+    log.info("pipelines imported before forking the pool", extra={"pipelines": names})
 
 
 class _Heartbeat:

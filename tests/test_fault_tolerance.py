@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import os
 import shutil
+import signal
 import subprocess
 import time
 
@@ -134,9 +136,11 @@ def test_results_are_sent_to_a_tls_destination(tmp_path):
 
 
 @pytest.mark.redis
-def test_kill9_of_a_separate_worker_during_a_job_runs_it_again_and_sends_once(tmp_path):
-    """Redis mode: the worker (main process and pool child) is killed mid-job; a new worker
-    finishes the job, the PACS gets its results exactly once, and the index says succeeded."""
+@pytest.mark.parametrize("victim", ["process-group", "pool-child"])
+def test_kill9_of_a_separate_worker_during_a_job_runs_it_again_and_sends_once(tmp_path, victim):
+    """Redis mode, kill -9 mid-job of the whole worker (main process and pool child: a new worker
+    is started) or of the pool child alone (as the OOM killer does: the worker forks a new child).
+    The job runs again, the PACS gets its results exactly once, and the index says succeeded."""
     redis_server = RedisServer()
     pacs = StoreSCP(tmp_path / "pacs")
     node = NodeProcess(tmp_path / "node", broker={"url": redis_server.url, "embedded_worker": False},
@@ -149,12 +153,18 @@ def test_kill9_of_a_separate_worker_during_a_job_runs_it_again_and_sends_once(tm
         workers.append(WorkerProcess(node.config_path, tmp_path / "worker1.log", "--concurrency", "1"))
         assert node.storescu(*write_mr_series(tmp_path / "in", count=3)).returncode == 0
         wait_until(lambda: '"job started"' in workers[0].log(), timeout=60, what="the job to start in the worker")
-        workers[0].kill9()
+        if victim == "process-group":
+            workers[0].kill9()
+        else:
+            [child] = subprocess.run(["pgrep", "-P", str(workers[0].proc.pid)], capture_output=True,
+                                     text=True, check=True).stdout.split()
+            os.kill(int(child), signal.SIGKILL)
         [job] = node.status()["studies"][0]["jobs"]
         assert job["state"] == "running" and job["attempts"] == 1 and not pacs.received()
 
-        workers.append(WorkerProcess(node.config_path, tmp_path / "worker2.log", "--concurrency", "1"))
-        wait_until(pacs.received, timeout=60, what="the results from the second worker")
+        if victim == "process-group":
+            workers.append(WorkerProcess(node.config_path, tmp_path / "worker2.log", "--concurrency", "1"))
+        wait_until(pacs.received, timeout=60, what="the results of the second run")
         wait_until(lambda: node.status()["outbox"] == [{"destination": "DEST", "state": "sent", "count": 1}],
                    timeout=30, what="the outbox to record the send")
         time.sleep(3)  # room for a wrong second send (a redelivered message, a second run)
@@ -162,7 +172,10 @@ def test_kill9_of_a_separate_worker_during_a_job_runs_it_again_and_sends_once(tm
         assert dcmread(sr).Modality == "SR"
         [job] = node.status()["studies"][0]["jobs"]
         assert job["state"] == "succeeded" and job["attempts"] == 2 and job["outputs"] == 1
-        assert '"job succeeded"' in workers[1].log() and '"job succeeded"' not in workers[0].log()
+        if victim == "process-group":
+            assert '"job succeeded"' in workers[1].log() and '"job succeeded"' not in workers[0].log()
+        # The node's supervisor saw the job's heartbeat stop and dispatched it again.
+        assert "worker of a running job went silent" in node.log()
     finally:
         for worker in workers:
             worker.stop()

@@ -92,6 +92,16 @@ def test_preparing_after_prometheus_client_was_imported_is_refused(tmp_path):
 def test_separate_prefork_worker_and_embedded_worker_expose_the_same_job_metrics(tmp_path):
     redis_server = RedisServer()
     pacs = StoreSCP(tmp_path / "pacs")
+    try:
+        worker_families = _scale_out_worker_metrics(tmp_path, redis_server, pacs)
+        _embedded_worker_metrics(tmp_path, pacs, worker_families)
+    finally:
+        pacs.stop()
+        redis_server.stop()
+
+
+def _scale_out_worker_metrics(tmp_path, redis_server: RedisServer, pacs: StoreSCP) -> set[str]:
+    """Two jobs through a prefork worker with two children; its scrape, checked; its metric families."""
     node = NodeProcess(tmp_path / "node", broker={"url": redis_server.url, "embedded_worker": False},
                        destinations={"PACS": pacs.destination()}, routes=[ROUTE])
     metrics_port = free_port()
@@ -120,13 +130,15 @@ def test_separate_prefork_worker_and_embedded_worker_expose_the_same_job_metrics
                 "pacsnode_jobs_in_progress", "pacsnode_worker_up", "pacsnode_worker_info"} <= worker_families
         # The listener's /metrics has no job runs in this layout: they are the workers'.
         assert sample(scrape(node.http_port), "pacsnode_job_duration_seconds_count") == 0
+        return worker_families
     finally:
         if worker is not None:
             worker.stop()
         node.stop()
-        redis_server.stop()
 
-    # The same job metrics, by the same names, from `pacsnode serve` with its embedded worker.
+
+def _embedded_worker_metrics(tmp_path, pacs: StoreSCP, worker_families: set[str]) -> None:
+    """The same job metrics, by the same names, from `pacsnode serve` with its embedded worker."""
     embedded = NodeProcess(tmp_path / "embedded", destinations={"PACS": pacs.destination()}, routes=[ROUTE])
     try:
         embedded.start()
@@ -138,4 +150,3 @@ def test_separate_prefork_worker_and_embedded_worker_expose_the_same_job_metrics
         assert sample(served, "pacsnode_worker_up") == 1
     finally:
         embedded.stop()
-        pacs.stop()
