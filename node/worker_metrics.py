@@ -16,6 +16,7 @@ reporting ``pacsnode_up 0`` would page someone.
 
 from __future__ import annotations
 
+import fcntl
 import logging
 import os
 import re
@@ -35,6 +36,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("pacsnode.worker")
 
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
+_held_locks: list[int] = []  # the directory's lock is held for the life of the worker
 _LIVE_GAUGE_FILE = re.compile(r"^gauge_live\w+?_(\d+)\.db$")
 
 
@@ -59,6 +61,7 @@ def prepare_multiprocess_dir(port: int, directory: Path | None = None) -> Path:
             "prepare_multiprocess_dir() must run first"
         )
     chosen = Path(directory or os.environ.get(MULTIPROC_ENV) or default_multiprocess_dir(port))
+    _lock_for_this_worker(chosen)
     try:
         if chosen.exists():
             shutil.rmtree(chosen)
@@ -67,6 +70,25 @@ def prepare_multiprocess_dir(port: int, directory: Path | None = None) -> Path:
         raise WorkerMetricsError(f"cannot prepare the worker metrics directory {chosen}: {exc}") from exc
     os.environ[MULTIPROC_ENV] = str(chosen)
     return chosen
+
+
+def _lock_for_this_worker(directory: Path) -> None:
+    """Hold ``<directory>.lock``, so a second worker given the same port cannot empty a live worker's files."""
+    lock_path = directory.with_name(directory.name + ".lock")
+    try:
+        lock_path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o600)
+    except OSError as exc:
+        raise WorkerMetricsError(f"cannot create the worker metrics lock {lock_path}: {exc}") from exc
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        raise WorkerMetricsError(
+            f"another worker on this host uses the metrics directory {directory} "
+            "(same metrics port?): give each worker its own --metrics-port"
+        ) from None
+    _held_locks.append(fd)
 
 
 def _pid_alive(pid: int) -> bool:

@@ -87,6 +87,33 @@ def test_preparing_after_prometheus_client_was_imported_is_refused(tmp_path):
     assert result.stdout.startswith("refused: prometheus_client was imported before")
 
 
+def test_a_second_worker_cannot_take_a_live_workers_metrics_directory(tmp_path):
+    script = ("import sys, time\nfrom pathlib import Path\nfrom node import worker_metrics\n"
+              "worker_metrics.prepare_multiprocess_dir(1, Path(sys.argv[1]))\n"
+              "print('ready', flush=True)\ntime.sleep(30)\n")
+    first = subprocess.Popen([sys.executable, "-c", script, str(tmp_path / "m")], cwd=REPO,
+                             stdout=subprocess.PIPE, text=True)
+    try:
+        assert first.stdout.readline().strip() == "ready"
+        (tmp_path / "m" / "counter_1.db").write_bytes(b"the live worker's")
+        second = subprocess.run([sys.executable, "-c", script, str(tmp_path / "m")], cwd=REPO,
+                                capture_output=True, text=True, timeout=60)
+        assert second.returncode != 0 and "another worker on this host uses" in second.stderr
+        assert (tmp_path / "m" / "counter_1.db").exists()  # left alone
+    finally:
+        first.kill()
+        first.wait()
+    # Once the first is gone its lock is released: a restarted worker takes over and starts clean.
+    restarted = subprocess.Popen([sys.executable, "-c", script, str(tmp_path / "m")], cwd=REPO,
+                                 stdout=subprocess.PIPE, text=True)
+    try:
+        assert restarted.stdout.readline().strip() == "ready"
+        assert not (tmp_path / "m" / "counter_1.db").exists()
+    finally:
+        restarted.kill()
+        restarted.wait()
+
+
 @pytest.mark.e2e
 @pytest.mark.redis
 def test_separate_prefork_worker_and_embedded_worker_expose_the_same_job_metrics(tmp_path):
