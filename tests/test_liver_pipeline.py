@@ -267,10 +267,11 @@ def test_sr_reports_tumour_burden_and_each_lesion_diameter(dce_results):
     [seg] = _by_class(dce_results, SEG_CLASS)
     lesions = [s for s in seg.SegmentSequence if str(s.SegmentLabel).startswith("Liver lesion")]
     assert len(names.get("Long axis", [])) == len(lesions)
-    if lesions:
-        [burden] = names["Liver tumour burden"]
-        volumes = _sr_volumes(sr)
-        assert burden == pytest.approx(100 * volumes[2] / volumes[1], rel=1e-6)
+    [burden] = names["Liver tumour burden"]
+    volumes = _sr_volumes(sr)
+    assert str(seg.SegmentSequence[1].SegmentLabel) == "Liver tumours"
+    assert burden == pytest.approx(100 * volumes[2] / volumes[1], rel=1e-6)
+    assert volumes[2] == pytest.approx(sum(volumes[s.SegmentNumber] for s in lesions), rel=1e-6)
 
 
 @_needs(MR_WEIGHTS)

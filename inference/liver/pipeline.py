@@ -292,24 +292,22 @@ class LiverSegmentationPipeline(Pipeline):
     @staticmethod
     def _outputs(source: list[Dataset], findings: LiverFindings, algorithm: AlgorithmInfo,
                  options: LiverOptions) -> list[Dataset]:
-        masks: dict[SegmentSpec, np.ndarray] = {liver_segment(): findings.liver}
-        if findings.lesions:
-            masks[tumour_segment()] = findings.tumours
+        # The all-tumours segment is written even when empty: "no tumour, 0 ml" is a finding too.
+        masks: dict[SegmentSpec, np.ndarray] = {liver_segment(): findings.liver, tumour_segment(): findings.tumours}
         for number, (mask, _) in enumerate(findings.lesions, start=1):
             masks[tumour_segment(number)] = mask
         seg = SegmentationWriter().write(source, masks, algorithm, SERIES["SEG"], "Liver segmentation research use",
                                          content_label="LIVER")
         liver_ml = findings.volume_ml(findings.liver)
         tumour_ml = findings.volume_ml(findings.tumours)
-        groups = [SegmentFindings(1, measurements=[VolumeMeasurement(liver_ml)])]
-        if findings.lesions:
-            groups.append(SegmentFindings(2, measurements=[
-                VolumeMeasurement(tumour_ml),
-                ScalarMeasurement(TUMOUR_BURDEN, 100.0 * tumour_ml / liver_ml, PERCENT)]))
-            for number, (mask, diameter) in enumerate(findings.lesions, start=1):
-                groups.append(SegmentFindings(number + 2, measurements=[
-                    VolumeMeasurement(findings.volume_ml(mask)),
-                    DiameterMeasurement(diameter, name=codes.SCT.LongAxis)]))
+        groups = [SegmentFindings(1, measurements=[VolumeMeasurement(liver_ml)]),
+                  SegmentFindings(2, measurements=[
+                      VolumeMeasurement(tumour_ml),
+                      ScalarMeasurement(TUMOUR_BURDEN, 100.0 * tumour_ml / liver_ml, PERCENT)])]
+        for number, (mask, diameter) in enumerate(findings.lesions, start=1):
+            groups.append(SegmentFindings(number + 2, measurements=[
+                VolumeMeasurement(findings.volume_ml(mask)),
+                DiameterMeasurement(diameter, name=codes.SCT.LongAxis)]))
         report = MeasurementReportWriter().write(source, seg, groups, algorithm, SERIES["SR"],
                                                  "Liver volumes research use")
         outputs: list[Dataset] = [seg, report]
