@@ -143,6 +143,8 @@ def status(config_path: str | None, as_json: bool, limit: int) -> None:
         click.echo(f"  {row['destination']:<20} {row['state']:<8} {row['count']}")
     for dead in report["dead_letters"]:
         click.echo(f"  dead letter #{dead['id']} → {dead['destination']} after {dead['attempts']} attempts: {dead['error']}")
+    for item in report.get("refused", []):
+        click.echo(f"  refused #{item['id']} → {item['destination']}: {item['reason']}")
 
 
 @main.command()

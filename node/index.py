@@ -12,7 +12,7 @@ import json
 import sqlite3
 import threading
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -100,7 +100,7 @@ CREATE INDEX IF NOT EXISTS outbox_due ON outbox(state, next_attempt_at);
 """
 
 JOB_STATES = ("queued", "running", "succeeded", "failed")
-OUTBOX_STATES = ("pending", "sent", "dead")
+OUTBOX_STATES = ("pending", "sent", "dead", "refused")
 
 
 class IndexDatabaseError(Exception):
@@ -520,11 +520,14 @@ class Index:
         token: str,
         outputs: list[tuple[str, str, str]],
         destinations: list[str],
+        refused: Mapping[str, str] | None = None,
     ) -> bool:
         """Atomically mark the job succeeded and queue its outputs for each destination.
 
-        *outputs* holds (sop_instance_uid, sop_class_uid, path). Returns False
-        (and changes nothing) if another run owns the job now.
+        *outputs* holds (sop_instance_uid, sop_class_uid, path). *refused* maps
+        destinations that do not accept this study's results to the reason;
+        their items are recorded in state ``refused`` (never sent) in the same
+        transaction. Returns False (and changes nothing) if another run owns the job now.
         """
         now = time.time()
         with self.transaction() as db:
@@ -544,7 +547,21 @@ class Index:
                     for (sop, cls, path) in outputs
                 ],
             )
+            db.executemany(
+                "INSERT OR IGNORE INTO outbox(job_id, destination, sop_instance_uid, sop_class_uid, path,"
+                " state, last_error, next_attempt_at, created_at) VALUES (?,?,?,?,?,'refused',?,?,?)",
+                [
+                    (job_id, dest, sop, cls, path, reason, now, now)
+                    for dest, reason in (refused or {}).items()
+                    for (sop, cls, path) in outputs
+                ],
+            )
             return True
+
+    def refuse_outbox_item(self, item_id: int, reason: str) -> None:
+        """Mark a queued item ``refused``: its destination no longer accepts it; it is never sent."""
+        with self.transaction() as db:
+            db.execute("UPDATE outbox SET state = 'refused', last_error = ? WHERE id = ?", (reason, item_id))
 
     def jobs_to_redispatch(self, queued_before: float, heartbeat_before: float) -> list[JobRecord]:
         """Queued jobs not picked up in time, and running jobs whose worker went silent."""

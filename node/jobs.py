@@ -38,7 +38,7 @@ from node import metrics
 from node.audit import AuditLog
 from node.config import NodeConfig
 from node.index import Index, JobRecord
-from node.outbox import DestinationPolicy, record_refusals
+from node.outbox import DestinationPolicy, report_refusals
 from node.spool import Spool, uid_to_filename
 
 log = logging.getLogger("pacsnode.jobs")
@@ -267,7 +267,8 @@ class JobRunner:
             return self._fail(job, token, f"{type(exc).__name__}: {exc}", started)
         senders = {s.calling_ae for s in self.index.series_of(job.study_uid)}
         destinations, refusals = self.policy.split(job.destinations, senders)
-        if not self.index.complete_job(job.id, token, stored, destinations):
+        if not self.index.complete_job(job.id, token, stored, destinations,
+                                       refused={r.destination: r.reason for r in refusals}):
             self._observe(job, "superseded", started)
             log.warning("job was taken over by another run; its results are discarded",
                         extra={"job_id": job.id})
@@ -280,7 +281,7 @@ class JobRunner:
             self.audit.job("job-succeeded", job.id, job.pipeline, job.study_uid,
                            outputs=len(stored), destinations=destinations)
         if refusals and stored:
-            record_refusals(self.index, job, refusals, stored, self.audit)
+            report_refusals(job, refusals, len(stored), self.audit)
         return JobOutcome("succeeded", outputs=len(stored))
 
     @staticmethod

@@ -86,22 +86,11 @@ def _refused(destination: str, instances: int, reason: str, job: JobRecord | Non
                      job_id=job.id if job else None, study_uid=job.study_uid if job else None)
 
 
-def record_refusals(index: Index, job: JobRecord, refusals: Sequence[Refusal],
-                    outputs: Sequence[tuple[str, str, str]], audit: AuditLog | None = None) -> None:
-    """Record results refused for destinations as outbox items in state ``refused`` (never sent).
-
-    *outputs* holds (sop_instance_uid, sop_class_uid, path), as the job stored them.
-    """
-    now = time.time()
-    with index.transaction() as db:
-        db.executemany(
-            "INSERT OR IGNORE INTO outbox(job_id, destination, sop_instance_uid, sop_class_uid, path,"
-            " state, last_error, next_attempt_at, created_at) VALUES (?,?,?,?,?,?,?,?,?)",
-            [(job.id, r.destination, sop, cls, path, REFUSED, r.reason, now, now)
-             for r in refusals for (sop, cls, path) in outputs],
-        )
+def report_refusals(job: JobRecord, refusals: Sequence[Refusal], instances: int,
+                    audit: AuditLog | None = None) -> None:
+    """Log, count and audit results refused for destinations (the index already holds them as ``refused``)."""
     for refusal in refusals:
-        _refused(refusal.destination, len(outputs), refusal.reason, job, audit)
+        _refused(refusal.destination, instances, refusal.reason, job, audit)
 
 
 class Outbox:
@@ -195,9 +184,7 @@ class Outbox:
             if refusal is None:
                 keep.append(item)
                 continue
-            with self.index.transaction() as db:
-                db.execute("UPDATE outbox SET state = ?, last_error = ? WHERE id = ?",
-                           (REFUSED, refusal.reason, item.id))
+            self.index.refuse_outbox_item(item.id, refusal.reason)
             _refused(name, 1, refusal.reason, job, self.audit)
         return keep
 
