@@ -165,7 +165,7 @@ from dicom_io.seg_reader import read_segmentation  # noqa: E402
 from dicom_io.study import group_study  # noqa: E402
 from inference.liver.phantom import simulate_liver_ct, simulate_liver_mr  # noqa: E402
 from inference.liver.phantom_dicom import write_liver_ct_study, write_liver_dce_study  # noqa: E402
-from inference.liver.pipeline import SERIES, LiverSegmentationPipeline  # noqa: E402
+from inference.liver.pipeline import SERIES, LiverOptions, LiverSegmentationPipeline, prepare_study  # noqa: E402
 from tests.dicom_validate import assert_valid_dicom  # noqa: E402
 
 
@@ -299,6 +299,34 @@ def test_ct_study_gives_a_valid_seg_and_sr_matching_the_truth(tmp_path):
     outputs = LiverSegmentationPipeline().run(study, {"overlay": False, "modality": "ct"})
     [ct] = [s for s in study.series if s.modality == "CT"]
     _check_seg_and_sr(outputs, ct, phantom.labels, overlay=False)
+
+
+@pytest.mark.parametrize("as_4d", [False, True], ids=["separate-series", "4d-series"])
+def test_the_pipeline_registers_every_phase_onto_the_portal_phase(dce_phantom, tmp_path, as_4d):
+    folder = Path(write_liver_dce_study(dce_phantom, tmp_path / "dce", as_4d=as_4d, seed=5))
+    prepared = prepare_study(_study_input(folder), LiverOptions.from_options({}))
+    assert prepared.modality == "MR" and prepared.reference_name == "portal" and prepared.inputs.is_4d == as_4d
+    assert prepared.images.shape == (4, *dce_phantom.labels.shape)
+    portal = dce_phantom.channels.index("portal")
+    assert set(prepared.registrations) == {"pre", "arterial", "delayed"}
+    for name, result in prepared.registrations.items():
+        truth = dce_phantom.motion_mm[dce_phantom.channels.index(name)] - dce_phantom.motion_mm[portal]
+        assert np.all(np.abs(np.array(result.shift_zyx_mm) - truth) <= 0.5 * np.array(dce_phantom.spacing)), name
+    # The aligned phases are the phantom's phases moved back by the true motion (up to noise and pixel scaling);
+    # without registration they keep their motion.
+    from inference.liver.training import align_channels
+
+    truth = align_channels(dce_phantom.images, dce_phantom.motion_mm - dce_phantom.motion_mm[portal],
+                           dce_phantom.spacing)
+    unaligned = prepare_study(_study_input(folder), LiverOptions.from_options({"registration": "none"}))
+    assert not unaligned.registrations
+    liver = dce_phantom.labels > 0
+    scale = float(prepared.images[prepared.names.index("portal")][liver].mean() / truth[portal][liver].mean())
+    for name in prepared.registrations:
+        k, j = prepared.names.index(name), dce_phantom.channels.index(name)
+        aligned_error = np.abs(prepared.images[k] - scale * truth[j])[liver].mean()
+        unaligned_error = np.abs(unaligned.images[k] - scale * truth[j])[liver].mean()
+        assert aligned_error < 0.5 * unaligned_error, (name, aligned_error, unaligned_error)
 
 
 def test_a_study_without_its_arterial_phase_fails_naming_it(dce_folder):

@@ -41,6 +41,7 @@ from dicom_io.registration import (
     DEFAULT_MAX_SHIFT_MM,
     RegisteredPhases,
     RegistrationError,
+    RigidRegistration,
     RegistrationSettings,
     register_phases,
 )
@@ -231,6 +232,51 @@ def _findings(probabilities: np.ndarray, spacing: Sequence[float], options: Live
                          voxel_ml=float(np.prod(spacing)) / 1000.0)
 
 
+@dataclass(frozen=True)
+class PreparedStudy:
+    """A liver study ready for the model: its phases found, read and aligned on the reference grid."""
+
+    modality: str
+    inputs: LiverStudyInputs
+    #: The phase (or "ct") whose grid everything lies on and whose series the results reference.
+    reference_name: str
+    reference: Volume
+    #: Every phase's image on the reference grid, ``[phase, z, y, x]``, in the order of :attr:`names`.
+    images: np.ndarray
+    names: tuple[str, ...]
+    #: How each non-reference phase was moved (none for CT).
+    registrations: Mapping[str, RigidRegistration]
+    weights: Path
+
+    def channels(self, order: Sequence[str]) -> np.ndarray:
+        """``[P, z, y, x]`` of the phases in *order* (the model's channel order)."""
+        return np.stack([self.images[self.names.index(name)] for name in order])
+
+
+def prepare_study(study: StudyInput, settings: LiverOptions) -> PreparedStudy:
+    """Identify the phases (or CT series) the model needs, read them and co-register them.
+
+    Everything that can be wrong with the study itself fails here, before the
+    model is loaded, with a :class:`PipelineInputError` naming the problem.
+    """
+    facts = [read_series_facts(s) for s in study.series if s.paths]
+    modality = choose_modality(facts, settings.rules, settings.modality)
+    weights = _weights_path(modality, settings)
+    if modality == "CT":
+        inputs = LiverStudyInputs("CT", {"ct": identify_ct_series(facts, settings.rules)})
+    else:
+        inputs = LiverStudyInputs("MR", identify_dce_phases(facts, settings.rules, phases=_model_channels(weights)))
+    cache: dict[str, Any] = {}
+    volumes = {name: _read_volume(source, cache) for name, source in inputs.phases.items()}
+    if modality == "CT":
+        ct = volumes["ct"]
+        return PreparedStudy("CT", inputs, "ct", ct, np.asarray(ct.array, np.float32)[np.newaxis], ("ct",), {},
+                             weights)
+    registered = _register(volumes, settings)
+    return PreparedStudy("MR", inputs, registered.reference, volumes[registered.reference], registered.array,
+                         registered.names, dict(registered.registrations), weights)
+
+
 class LiverSegmentationPipeline(Pipeline):
     """Liver and liver tumour segmentation from 4D DCE-MRI (fused U-Net) or CT (3D U-Net)."""
 
@@ -242,50 +288,26 @@ class LiverSegmentationPipeline(Pipeline):
     def run(self, study: StudyInput, options: Mapping[str, Any]) -> Sequence[Dataset]:
         settings = LiverOptions.from_options(options)
         started = time.perf_counter()
-        facts = [read_series_facts(s) for s in study.series if s.paths]
-        modality = choose_modality(facts, settings.rules, settings.modality)
-        weights = _weights_path(modality, settings)
-        # The study is checked (phases found, read, aligned) before the model is loaded.
-        if modality == "CT":
-            inputs = LiverStudyInputs("CT", {"ct": identify_ct_series(facts, settings.rules)})
-        else:
-            inputs = LiverStudyInputs("MR", identify_dce_phases(facts, settings.rules,
-                                                                phases=_model_channels(weights)))
-        cache: dict[str, Any] = {}
-        volumes = {name: _read_volume(source, cache) for name, source in inputs.phases.items()}
-        del cache
-        if modality == "MR":
-            registered = _register(volumes, settings)
-            reference_name = registered.reference
-            registration = dict(registered.registrations)
-        else:
-            reference_name = "ct"
-            registration = {}
-        segmenter = _load_segmenter(weights, modality)
-        if modality == "MR":
-            channels = np.stack([registered.array[registered.names.index(c)] for c in segmenter.channels])
-            del registered
-        else:
-            channels = np.asarray(volumes["ct"].array, dtype=np.float32)[np.newaxis]
-        reference = volumes[reference_name]
+        prepared = prepare_study(study, settings)
         read_s = time.perf_counter() - started
-        probabilities = segmenter.segment(channels, reference.spacing)
-        del channels
+        segmenter = _load_segmenter(prepared.weights, prepared.modality)
+        reference = prepared.reference
+        probabilities = segmenter.segment(prepared.channels(segmenter.channels), reference.spacing)
         findings = _findings(probabilities, reference.spacing, settings)
         del probabilities
+        registrations = prepared.registrations
         log.info("liver segmented", extra={
-            "modality": modality, "model": segmenter.version, "device": str(segmenter.device),
-            "phases": {n: s.reason for n, s in inputs.phases.items()},
-            "shift_mm": {n: round(r.shift_mm, 2) for n, r in registration.items()},
+            "modality": prepared.modality, "model": segmenter.version, "device": str(segmenter.device),
+            "phases": {n: s.reason for n, s in prepared.inputs.phases.items()},
+            "shift_mm": {n: round(r.shift_mm, 2) for n, r in registrations.items()},
             "liver_ml": round(findings.volume_ml(findings.liver), 1), "lesions": len(findings.lesions),
             "read_register_s": round(read_s, 2), "total_s": round(time.perf_counter() - started, 2)})
 
-        source = _source_datasets(reference, inputs.phases[reference_name].series)
-        parameters = {"model": segmenter.version, "modality": modality,
+        source = _source_datasets(reference, prepared.inputs.phases[prepared.reference_name].series)
+        parameters = {"model": segmenter.version, "modality": prepared.modality,
                       "min lesion": f"{settings.min_lesion_ml:g} ml, {settings.min_lesion_mm:g} mm"}
-        if registration:
-            parameters["registration"] = "; ".join(
-                f"{n} {r.shift_mm:.1f} mm" for n, r in registration.items())
+        if registrations:
+            parameters["registration"] = "; ".join(f"{n} {r.shift_mm:.1f} mm" for n, r in registrations.items())
         algorithm = AlgorithmInfo(name="pacsnode liver segmentation", version=self.version, parameters=parameters)
         return self._outputs(source, findings, algorithm, settings)
 
