@@ -52,7 +52,10 @@ CT_SHAPE, CT_SPACING = (100, 512, 512), (2.5, 0.8, 0.8)
 def write_studies(root: Path, which: list[str], seed: int) -> dict[str, Path]:
     """The benchmark studies, written with the simulator's DICOM writers."""
     from inference.liver.phantom import simulate_liver_ct, simulate_liver_mr
-    from inference.liver.phantom_dicom import write_liver_ct_study, write_liver_dce_study
+    from inference.liver.phantom_dicom import (
+        write_liver_ct_study,
+        write_liver_dce_study,
+    )
 
     studies = {}
     if "mr" in which:

@@ -162,7 +162,7 @@ def _working_image(image: sitk.Image, spacing_mm: float) -> sitk.Image:
     """*image* block-averaged to voxels of about *spacing_mm* (integer factors; axes already coarser are kept)."""
     import SimpleITK as sitk
 
-    factors = [max(1, int(round(spacing_mm / s))) for s in image.GetSpacing()]
+    factors = [max(1, round(spacing_mm / s)) for s in image.GetSpacing()]
     return image if factors == [1, 1, 1] else sitk.BinShrink(image, factors)
 
 
@@ -269,10 +269,10 @@ def register_rigid(moving: Volume, reference: Volume, settings: RegistrationSett
     after = _mutual_information(fixed_image, moving_image, found, settings)
     shift, rotation = _shift_and_rotation(found, reference)
     overlap = overlap_fraction(moving, reference, found)
-    result_fields = dict(transform=found, shift_zyx_mm=shift, rotation_deg=rotation,
-                         mutual_information_before=before, mutual_information=after, overlap=overlap,
-                         iterations=int(method.GetOptimizerIteration()),
-                         stop_condition=method.GetOptimizerStopConditionDescription())
+    result_fields = {"transform": found, "shift_zyx_mm": shift, "rotation_deg": rotation,
+                     "mutual_information_before": before, "mutual_information": after, "overlap": overlap,
+                     "iterations": int(method.GetOptimizerIteration()),
+                     "stop_condition": method.GetOptimizerStopConditionDescription()}
     shift_norm = float(np.linalg.norm(shift))
     if after < settings.min_mutual_information:
         raise RegistrationError(

@@ -4,6 +4,7 @@ end to end through a node into Orthanc."""
 from __future__ import annotations
 
 import io
+import re
 from pathlib import Path
 
 import highdicom as hd
@@ -12,13 +13,25 @@ import pytest
 from pydicom import dcmread
 from pydicom.uid import generate_uid
 
+from dicom_io.reader import read_dynamic_series, read_series
+from dicom_io.seg_reader import read_segmentation
+from dicom_io.study import group_study
 from inference.base import PipelineInputError, SeriesInput, StudyInput
+from inference.liver.phantom import simulate_liver_ct, simulate_liver_mr
+from inference.liver.phantom_dicom import write_liver_ct_study, write_liver_dce_study
 from inference.liver.phases import (
     PhaseIdentificationError,
     PhaseRules,
     identify_liver_study,
 )
+from inference.liver.pipeline import (
+    SERIES,
+    LiverOptions,
+    LiverSegmentationPipeline,
+    prepare_study,
+)
 from tests.dicom_factories import make_ct_datasets, make_mr_datasets, write_series
+from tests.dicom_validate import assert_valid_dicom
 
 SEG_CLASS = "1.2.840.10008.5.1.4.1.1.66.4"
 SR_CLASS = "1.2.840.10008.5.1.4.1.1.88.33"
@@ -160,13 +173,6 @@ def test_ct_study_takes_the_portal_venous_series(tmp_path):
 
 # --------------------------------------------------------------------------- the pipeline on phantom studies
 
-from dicom_io.reader import read_series  # noqa: E402
-from dicom_io.seg_reader import read_segmentation  # noqa: E402
-from dicom_io.study import group_study  # noqa: E402
-from inference.liver.phantom import simulate_liver_ct, simulate_liver_mr  # noqa: E402
-from inference.liver.phantom_dicom import write_liver_ct_study, write_liver_dce_study  # noqa: E402
-from inference.liver.pipeline import SERIES, LiverOptions, LiverSegmentationPipeline, prepare_study  # noqa: E402
-from tests.dicom_validate import assert_valid_dicom  # noqa: E402
 
 
 def _needs(weights: Path):  # type: ignore[no-untyped-def]
@@ -183,9 +189,7 @@ def _study_input(folder: Path) -> StudyInput:
 
 
 def _series_described(study: StudyInput, pattern: str) -> SeriesInput:
-    import re
-
-    [series] = [s for s in study.series if re.search(pattern, s.description or "", re.I)]
+    [series] = [s for s in study.series if re.search(pattern, s.description or "", re.IGNORECASE)]
     return series
 
 
@@ -283,8 +287,6 @@ def test_a_4d_dce_series_gives_the_same_kind_of_result(dce_phantom, tmp_path):
     [seg] = _by_class(outputs, SEG_CLASS)
     assert_valid_dicom(seg, expected_iod="Segmentation")
     # The SEG lies on the portal time point of the 4D series.
-    from dicom_io.reader import read_dynamic_series
-
     portal = read_dynamic_series(dynamic.paths).frame(2)
     on_grid = read_segmentation(seg, portal)
     [liver_number] = on_grid.find(label="^Liver$")

@@ -98,8 +98,8 @@ def format_comparison(report: dict[str, Any]) -> str:
     headers = [f"{label} ({report['models'][label]['model']})" for label in labels]
     width = max(len(h) for h in headers) + 2
     seeds = report["seeds"]
-    lines = [f"liver-seg on {len(seeds)} held-out {report['modality']} phantoms (seeds {seeds[0]}–{seeds[-1]}); "
-             "research use only",
+    lines = [(f"liver-seg on {len(seeds)} held-out {report['modality']} phantoms (seeds {seeds[0]}–{seeds[-1]}); "
+              "research use only"),
              f"{'metric':<28}" + "".join(f"{h:>{width}}" for h in headers)]
     lines += [f"{name:<28}" + "".join(f"{_fmt(v):>{width}}" for v in values) for name, values in rows]
     targets = report["targets"]

@@ -31,6 +31,7 @@ import logging
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
+from itertools import pairwise
 from typing import Any, Literal
 
 from pydicom import dcmread
@@ -413,7 +414,7 @@ def _order_fits(found: Mapping[str, PhaseSource], left: Sequence[SeriesFacts], m
     ordered = [slots[p] for p in phases]
     if any(t is None for t in ordered):
         return not found  # nothing to contradict: order alone decides
-    return all(a < b for a, b in zip(ordered, ordered[1:], strict=False))  # type: ignore[operator]
+    return all(a < b for a, b in pairwise(ordered))  # type: ignore[operator]
 
 
 def _phases_of_4d(f: SeriesFacts, rules: PhaseRules, phases: Sequence[str]) -> dict[str, PhaseSource]:

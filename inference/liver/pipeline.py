@@ -41,8 +41,8 @@ from dicom_io.registration import (
     DEFAULT_MAX_SHIFT_MM,
     RegisteredPhases,
     RegistrationError,
-    RigidRegistration,
     RegistrationSettings,
+    RigidRegistration,
     register_phases,
 )
 from dicom_io.secondary_capture import SummaryImageWriter
