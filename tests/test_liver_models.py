@@ -317,7 +317,7 @@ def test_training_is_seeded_and_writes_a_loadable_model(tmp_path):
     from inference.liver import training
 
     settings = training.TrainingSettings(steps=2, pool_size=1, refresh_every=0, evaluation_cases=0,
-                                         patch_size=(8, 32, 32), batch_size=1)
+                                         patch_size=(8, 32, 32), inference_patch_size=(16, 32, 32), batch_size=1)
     first = training.train_liver_model("liver-seg-mr-baseline", tmp_path / "a", settings, log=lambda _: None)
     again = training.train_liver_model("liver-seg-mr-baseline", tmp_path / "b", settings, log=lambda _: None)
     other = training.train_liver_model("liver-seg-mr-baseline", tmp_path / "c",
@@ -326,9 +326,9 @@ def test_training_is_seeded_and_writes_a_loadable_model(tmp_path):
     assert first["weights_sha256"] == again["weights_sha256"] != other["weights_sha256"]
     assert first["training"]["phantom_seeds"] == [training.FIRST_TRAINING_SEED, training.FIRST_TRAINING_SEED]
     segmenter = lw.LiverSegmenter.load(tmp_path / "a" / "liver-seg-mr-baseline-v1.json", device="cpu")
-    assert segmenter.channels == ("portal",) and segmenter.patch_size == (8, 32, 32)
+    assert segmenter.channels == ("portal",) and segmenter.patch_size == (16, 32, 32)
     card = (tmp_path / "a" / training.MODEL_CARD).read_text()
-    assert "Research use only" in card and "pacsnode train liver-seg-mr-baseline --seed 0 --steps 2" in card
+    assert "Research use only" in card and "pacsnode train liver-seg-mr-baseline --seed 0 --steps 2 " in card
 
 
 def test_site_study_with_a_seg_is_read_onto_the_portal_grid_with_its_phases_aligned(tmp_path):

@@ -167,13 +167,13 @@ def lesion_detection(
             if overlapping[p] == 0 and not centre_inside:
                 continue
             touched.add(p)
-            d = 2.0 * overlapping[p] / (size + pred_sizes[p])
-            best = max(best, float(d))
+            d = float(2.0 * overlapping[p] / (size + pred_sizes[p]))
+            best = max(best, d)
             detected = detected or d > DETECTION_DICE or centre_inside
         diameter = float(truth_diameters_mm.get(index, float("nan")))
         matches.append(LesionMatch(index=index, longest_diameter_mm=diameter, detected=detected, best_dice=best))
     false_positives = sum(1 for p in range(1, n_pred + 1) if pred_sizes[p] > 0 and p not in touched)
-    return matches, false_positives
+    return matches, int(false_positives)
 
 
 # --------------------------------------------------------------------------- reports
@@ -207,7 +207,7 @@ def summarise(cases: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
     large = [m for m in lesions if m["longest_diameter_mm"] >= LARGE_LESION_MM]
     summary["lesions"] = {
         "count": len(lesions),
-        "detected": sum(m["detected"] for m in lesions),
+        "detected": int(sum(bool(m["detected"]) for m in lesions)),
         "sensitivity": round(sum(m["detected"] for m in lesions) / len(lesions), 4) if lesions else None,
         "count_ge_10mm": len(large),
         "sensitivity_ge_10mm": round(sum(m["detected"] for m in large) / len(large), 4) if large else None,
