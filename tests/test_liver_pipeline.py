@@ -279,8 +279,10 @@ def test_sr_reports_tumour_burden_and_each_lesion_diameter(dce_results):
 
 
 @_needs(MR_WEIGHTS)
-def test_a_4d_dce_series_gives_the_same_kind_of_result(dce_phantom, tmp_path):
-    folder = Path(write_liver_dce_study(dce_phantom, tmp_path / "dce4d", as_4d=True, seed=5))
+def test_a_4d_dce_series_gives_the_same_kind_of_result(tmp_path):
+    # A smaller field of view than the other phantom's (the model must not depend on one), and faster.
+    phantom = simulate_liver_mr(8, shape=(28, 96, 112), n_lesions=2, motion_mm=4.0)
+    folder = Path(write_liver_dce_study(phantom, tmp_path / "dce4d", as_4d=True, seed=8))
     study = _study_input(folder)
     [dynamic] = [s for s in study.series if s.modality == "MR"]
     outputs = LiverSegmentationPipeline().run(study, {"overlay": False})
@@ -290,7 +292,7 @@ def test_a_4d_dce_series_gives_the_same_kind_of_result(dce_phantom, tmp_path):
     portal = read_dynamic_series(dynamic.paths).frame(2)
     on_grid = read_segmentation(seg, portal)
     [liver_number] = on_grid.find(label="^Liver$")
-    assert _dice(on_grid.masks[liver_number], dce_phantom.labels > 0) >= 0.9
+    assert _dice(on_grid.masks[liver_number], phantom.labels > 0) >= 0.9
 
 
 @_needs(CT_WEIGHTS)
