@@ -552,6 +552,44 @@ def write_model_card(out_dir: Path) -> Path:
     return path
 
 
+def _target_lines(manifests: dict[str, dict[str, Any]]) -> list[str]:
+    """The card's plain statement of which targets each model meets, and 4D vs baseline."""
+    lines = ["", "### Against the targets", ""]
+    for name, m in manifests.items():
+        h = m.get("metrics", {}).get("held_out_phantoms")
+        if not h:
+            continue
+        checks = [
+            ("liver Dice ≥ 0.95", h["liver"]["dice"], 0.95),
+            ("tumour Dice ≥ 0.85", h["tumour"]["dice"], 0.85),
+            ("sensitivity ≥ 0.9 for lesions ≥ 10 mm", h["lesions"]["sensitivity_ge_10mm"], 0.9),
+        ]
+        said = "; ".join(f"{label}: {_fmt(value)} — {'met' if value is not None and value >= goal else 'NOT met'}"
+                         for label, value, goal in checks)
+        lines.append(f"* `{m['model_version']}`: {said}.")
+    fused = manifests.get("liver-seg-mr", {}).get("metrics", {}).get("held_out_phantoms")
+    base = manifests.get("liver-seg-mr-baseline", {}).get("metrics", {}).get("held_out_phantoms")
+    if fused and base:
+        mean_better = (fused["tumour"]["dice"] or 0) > (base["tumour"]["dice"] or 0)
+        global_better = (fused["tumour"]["dice_global"] or 0) > (base["tumour"]["dice_global"] or 0)
+        lines.append(
+            f"* 4D fused U-Net vs single-phase baseline on the same {fused['cases']} phantoms: tumour Dice "
+            f"(case mean) {_fmt(fused['tumour']['dice'])} vs {_fmt(base['tumour']['dice'])} "
+            f"({'4D better' if mean_better else '4D NOT better'}), pooled over all voxels "
+            f"{_fmt(fused['tumour']['dice_global'])} vs {_fmt(base['tumour']['dice_global'])} "
+            f"({'4D better' if global_better else '4D NOT better'}). One training seed per model and "
+            f"{fused['cases']} phantoms: no significance test was made."
+        )
+    lines += [
+        "* Why the tumour targets are missed: the phantom's lesions are small (median longest diameter",
+        "  ≈ 18 mm, a quarter under 10 mm: tens to a few hundred voxels at 4 × 3 × 3 mm) and the",
+        "  networks got 1200 steps of batch 2 on one shared CPU core each; the loss was still falling.",
+        "  A first run without the tumour weight in the cross-entropy learnt no tumour at all in 700",
+        "  steps. Longer training (more steps, `--steps`) or a GPU is the first thing to try.",
+    ]
+    return lines
+
+
 def model_card(manifests: Sequence[tuple[str, dict[str, Any]]]) -> str:
     """The model card (Markdown) for the liver models' manifests."""
     lines = [
@@ -653,6 +691,7 @@ def model_card(manifests: Sequence[tuple[str, dict[str, Any]]]) -> str:
             f"{_fmt(tu['recall'])} | {_fmt(le['sensitivity'])} ({le['detected']}/{le['count']}) | "
             f"{_fmt(le['sensitivity_ge_10mm'])} (of {le['count_ge_10mm']}) | {_fmt(le['false_positives_per_case'], 2)} |"
         )
+    lines += _target_lines(dict(manifests))
     lines += [
         "",
         "## Limits",
