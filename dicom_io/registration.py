@@ -202,7 +202,7 @@ def _shift_and_rotation(transform: sitk.Transform, reference: Volume) -> tuple[t
 
 
 def register_rigid(moving: Volume, reference: Volume, settings: RegistrationSettings | None = None, *,
-                   name: str = "moving", default_value: float = 0.0) -> RigidRegistration:
+                   name: str = "moving", default_value: float | None = None) -> RigidRegistration:
     """Align *moving* with *reference*; the result's array lies on the reference grid.
 
     Raises :class:`RegistrationError` when the volumes do not overlap at all
@@ -212,6 +212,9 @@ def register_rigid(moving: Volume, reference: Volume, settings: RegistrationSett
     (``max_rotation_deg``), or when the aligned overlap is below
     ``settings.min_overlap``.
     ``name`` names the moving volume in messages (e.g. "arterial phase").
+    Reference voxels that the moved volume does not cover take its nearest
+    voxel's value (a phase shifted by a slice would otherwise get a black
+    end slice, which a model reads as anatomy), or ``default_value`` when given.
     """
     import SimpleITK as sitk
 
@@ -293,7 +296,9 @@ def register_rigid(moving: Volume, reference: Volume, settings: RegistrationSett
         raise RegistrationError(
             f"the {name} cannot be aligned with the reference: after alignment it covers {overlap:.0%} of the "
             f"reference volume, less than the {settings.min_overlap:.0%} required")
-    resampled = sitk.Resample(moving_full, fixed_full, found, sitk.sitkLinear, default_value, sitk.sitkFloat32)
+    resampled = sitk.Resample(moving_full, fixed_full, found, sitk.sitkLinear,
+                              0.0 if default_value is None else float(default_value), sitk.sitkFloat32,
+                              default_value is None)
     array = sitk.GetArrayFromImage(resampled)
     log.info("rigid registration", extra={
         "moving": name, "shift_zyx_mm": [round(v, 2) for v in shift], "rotation_deg": round(rotation, 2),
