@@ -524,8 +524,13 @@ def _frames_by_segment(seg: Dataset) -> dict[int, list[tuple[int, str, bool]]]:
     numbers = [int(item.SegmentNumber) for item in seg.SegmentSequence]
     result: dict[int, list[tuple[int, str, bool]]] = {n: [] for n in numbers}
     pixels = seg.pixel_array.reshape(int(seg.NumberOfFrames), -1)
+    # With a single segment, writers may put the segment identification in the shared groups.
+    shared = seg.get("SharedFunctionalGroupsSequence", [Dataset()])[0]
     for index, item in enumerate(seg.PerFrameFunctionalGroupsSequence):
-        number = int(item.SegmentIdentificationSequence[0].ReferencedSegmentNumber)
+        identification = item.get("SegmentIdentificationSequence") or shared.get("SegmentIdentificationSequence")
+        if not identification:
+            raise WriterError(f"SEG frame {index + 1} names no segment (SegmentIdentificationSequence)")
+        number = int(identification[0].ReferencedSegmentNumber)
         sources = [
             src.ReferencedSOPInstanceUID
             for derivation in item.get("DerivationImageSequence", [])

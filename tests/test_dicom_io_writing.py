@@ -710,6 +710,21 @@ def test_measurement_report_round_trip(
             assert referenced == on
 
 
+def test_report_on_a_single_segment_seg(
+    source: list[Dataset], algorithm: AlgorithmInfo, liver_masks: dict, tmp_path: Path
+) -> None:
+    """A one-segment SEG keeps its segment identification in the shared functional groups."""
+    spec = next(iter(liver_masks))
+    seg = SegmentationWriter().write(source, {spec: liver_masks[spec]}, algorithm, 303, "Liver (AI)")
+    assert "SegmentIdentificationSequence" not in seg.PerFrameFunctionalGroupsSequence[0]
+    sr = MeasurementReportWriter().write(source, seg, [SegmentFindings(1, [VolumeMeasurement(1523.4)])],
+                                         algorithm, 304, "Liver volume (AI)")
+    path, _ = reread(sr, tmp_path, "sr")
+    assert_valid_dicom(path, expected_iod="ComprehensiveSR")
+    (group,) = hd.sr.srread(path).content.get_volumetric_roi_measurement_groups()
+    assert [m.value for m in group.get_measurements()] == [pytest.approx(1523.4)]
+
+
 def test_perfusion_report_carries_mismatch_figures(
     source: list[Dataset], perfusion_algorithm: AlgorithmInfo, perfusion: dict, tmp_path: Path
 ) -> None:

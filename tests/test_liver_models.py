@@ -264,6 +264,11 @@ def test_overlap_and_surface_metrics_on_known_masks():
     assert m["hd95_mm"] == pytest.approx(6.0)
     assert ev.hd95(a, a, (1, 1, 1)) == 0.0
     assert np.isnan(ev.hd95(a, np.zeros_like(a), (1, 1, 1)))
+    # A mask filling the whole image has no contour of its own; HD95 is still defined.
+    full = np.ones_like(a)
+    assert ev.hd95(full, a, (1, 1, 1)) == pytest.approx(np.percentile(
+        ev._surface_distances(full, a, (1, 1, 1)), 95))
+    assert np.isfinite(ev.hd95(full, a, (1, 1, 1))) and ev.hd95(full, a, (1, 1, 1)) > 0
     assert np.isnan(ev.dice(np.zeros_like(a), np.zeros_like(a)))
     labels_pred = a.astype(np.uint8)
     labels_true = a.astype(np.uint8)

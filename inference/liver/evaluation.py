@@ -73,10 +73,17 @@ def _surface_distances(source: np.ndarray, target: np.ndarray, spacing: Sequence
     src.SetSpacing(xyz)
     tgt = sitk.GetImageFromArray(target.astype(np.uint8))
     tgt.SetSpacing(xyz)
-    # Distance to the nearest contour voxel centre of the target (zero on the contour itself).
-    contour_distance = sitk.SignedMaurerDistanceMap(sitk.LabelContour(tgt), insideIsPositive=False,
-                                                    squaredDistance=False, useImageSpacing=True)
+    # A mask that fills the image has no contour (the image edge is not one): its voxels stand in
+    # for the source's surface, and every source voxel lies in such a target (distance 0).
     surface = sitk.GetArrayFromImage(sitk.LabelContour(src)).astype(bool)
+    if not surface.any():
+        surface = source
+    target_contour = sitk.LabelContour(tgt)
+    if not sitk.GetArrayViewFromImage(target_contour).any():
+        return np.zeros(int(surface.sum()))
+    # Distance to the nearest contour voxel centre of the target (zero on the contour itself).
+    contour_distance = sitk.SignedMaurerDistanceMap(target_contour, insideIsPositive=False,
+                                                    squaredDistance=False, useImageSpacing=True)
     return np.abs(sitk.GetArrayFromImage(contour_distance))[surface]
 
 
