@@ -24,7 +24,27 @@ log = logging.getLogger("pacsnode.http")
 HealthCheck = Callable[[], dict[str, Any]]
 
 
-class NodeHttpServer:
+class _BackgroundHttpServer:
+    """A threading HTTP server on a daemon thread: what both endpoints share."""
+
+    def __init__(self, host: str, port: int, handler: type[BaseHTTPRequestHandler], name: str) -> None:
+        self._httpd = ThreadingHTTPServer((host, port), handler)
+        self._httpd.daemon_threads = True
+        self._thread = threading.Thread(target=self._httpd.serve_forever, name=name, daemon=True)
+
+    @property
+    def port(self) -> int:
+        return int(self._httpd.server_address[1])
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._httpd.shutdown()
+        self._httpd.server_close()
+
+
+class NodeHttpServer(_BackgroundHttpServer):
     """Serves metrics, health and status on a background thread."""
 
     def __init__(self, host: str, port: int, token: str | None,
@@ -76,23 +96,10 @@ class NodeHttpServer:
                     log.exception("http handler failed")
                     self._json(500, {"error": type(exc).__name__})
 
-        self._httpd = ThreadingHTTPServer((host, port), Handler)
-        self._httpd.daemon_threads = True
-        self._thread = threading.Thread(target=self._httpd.serve_forever, name="http", daemon=True)
-
-    @property
-    def port(self) -> int:
-        return int(self._httpd.server_address[1])
-
-    def start(self) -> None:
-        self._thread.start()
-
-    def stop(self) -> None:
-        self._httpd.shutdown()
-        self._httpd.server_close()
+        super().__init__(host, port, Handler, "http")
 
 
-class MetricsHttpServer:
+class MetricsHttpServer(_BackgroundHttpServer):
     """Serves ``/metrics`` of *registry* alone, on a background thread (a worker's endpoint)."""
 
     def __init__(self, host: str, port: int, registry: CollectorRegistry) -> None:
@@ -115,17 +122,4 @@ class MetricsHttpServer:
                 self.end_headers()
                 self.wfile.write(body)
 
-        self._httpd = ThreadingHTTPServer((host, port), Handler)
-        self._httpd.daemon_threads = True
-        self._thread = threading.Thread(target=self._httpd.serve_forever, name="metrics-http", daemon=True)
-
-    @property
-    def port(self) -> int:
-        return int(self._httpd.server_address[1])
-
-    def start(self) -> None:
-        self._thread.start()
-
-    def stop(self) -> None:
-        self._httpd.shutdown()
-        self._httpd.server_close()
+        super().__init__(host, port, Handler, "metrics-http")

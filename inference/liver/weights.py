@@ -20,7 +20,6 @@ Research use only; not a medical device.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 from collections.abc import Mapping, Sequence
@@ -34,6 +33,7 @@ from torch import nn
 
 from inference.liver import preprocess
 from inference.liver.models import LIVER_CLASSES, ModelConfigError, build_model
+from inference.model_files import default_device, sha256_of_file
 
 logger = logging.getLogger("pacsnode.inference.liver")
 
@@ -72,19 +72,6 @@ class LiverWeightsTamperedError(LiverModelError):
 
 class LiverInputError(LiverModelError, ValueError):
     """The arrays given to the segmenter do not match what the model expects."""
-
-
-def sha256_of_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
-def default_device() -> torch.device:
-    """CUDA when available, CPU otherwise."""
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
 def default_weights(name: str) -> Path:

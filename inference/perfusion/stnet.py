@@ -53,7 +53,6 @@ Research use only; not a medical device.
 
 from __future__ import annotations
 
-import hashlib
 import json
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -64,6 +63,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from inference.model_files import default_device, sha256_of_file
 
 #: Frames of the model's fixed time grid.
 MODEL_FRAMES = 50
@@ -503,19 +504,6 @@ def prepare_inputs(
 
 
 # --------------------------------------------------------------------------- weights and inference
-
-
-def sha256_of_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
-def default_device() -> torch.device:
-    """CUDA when available, CPU otherwise."""
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
 def manifest_path_for(weights_path: Path) -> Path:
