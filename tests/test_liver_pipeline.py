@@ -413,3 +413,29 @@ def test_phantom_pushed_with_storescu_arrives_in_orthanc_as_seg_and_sr(tmp_path,
     finally:
         node.stop()
         orthanc.stop()
+
+
+@_needs(MR_WEIGHTS)
+def test_evaluate_command_compares_the_4d_model_with_the_baseline_on_held_out_phantoms():
+    import json
+
+    from click.testing import CliRunner
+
+    from node.cli import main
+
+    result = CliRunner().invoke(main, ["evaluate", "liver-seg", "--cases", "1", "--seed", "19", "--json"])
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.output)
+    assert report["seeds"] == [19]
+    models = report["models"]
+    assert len(models) == 2  # the 4D model and the single-phase baseline, side by side
+    for entry in models.values():
+        summary = entry["summary"]
+        assert summary["cases"] == 1
+        for cls in ("liver", "tumour"):
+            for metric in ("dice", "iou", "precision", "recall"):
+                assert 0.0 <= summary[cls][metric] <= 1.0
+        assert summary["liver"]["dice"] >= 0.9
+        assert summary["lesions"]["count"] >= summary["lesions"]["detected"] >= 0
+    refused = CliRunner().invoke(main, ["evaluate", "liver-seg", "--cases", "1", "--seed", "1000"])
+    assert refused.exit_code != 0 and "training" in refused.output
