@@ -97,6 +97,12 @@ CREATE TABLE IF NOT EXISTS outbox (
     UNIQUE (destination, sop_instance_uid)
 );
 CREATE INDEX IF NOT EXISTS outbox_due ON outbox(state, next_attempt_at);
+CREATE TABLE IF NOT EXISTS clinical_data (
+    accession_number TEXT PRIMARY KEY,
+    data TEXT NOT NULL,
+    source TEXT,
+    received_at REAL NOT NULL
+);
 """
 
 JOB_STATES = ("queued", "running", "succeeded", "failed")
@@ -646,3 +652,33 @@ class Index:
             "SELECT destination, state, count(*) FROM outbox GROUP BY destination, state"
         )
         return {(r[0], r[1]): r[2] for r in rows}
+
+    # -- clinical data (node.clinical validates; this only stores) -----------
+
+    def put_clinical_data(self, accession_number: str, data_json: str, source: str | None,
+                          received_at: float) -> bool:
+        """Store the clinical data of an accession, replacing any earlier; True if it replaced some."""
+        with self.transaction() as db:
+            existed = db.execute(
+                "SELECT 1 FROM clinical_data WHERE accession_number = ?", (accession_number,)
+            ).fetchone() is not None
+            db.execute(
+                "INSERT INTO clinical_data(accession_number, data, source, received_at) VALUES (?,?,?,?)"
+                " ON CONFLICT(accession_number) DO UPDATE SET data = excluded.data,"
+                " source = excluded.source, received_at = excluded.received_at",
+                (accession_number, data_json, source, received_at),
+            )
+            return existed
+
+    def clinical_data(self, accession_number: str) -> tuple[str, str | None, float] | None:
+        """(data as JSON, source, received_at) of an accession, or None."""
+        rows = self._query(
+            "SELECT data, source, received_at FROM clinical_data WHERE accession_number = ?",
+            (accession_number,),
+        )
+        return (rows[0][0], rows[0][1], rows[0][2]) if rows else None
+
+    def delete_clinical_data(self, accession_number: str) -> bool:
+        with self.transaction() as db:
+            cur = db.execute("DELETE FROM clinical_data WHERE accession_number = ?", (accession_number,))
+            return cur.rowcount == 1
