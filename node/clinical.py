@@ -34,7 +34,7 @@ log = logging.getLogger("pacsnode.clinical")
 
 
 class ClinicalDataError(ValueError):
-    """Clinical data that cannot be accepted; the message says which field, which value and what is allowed."""
+    """Clinical data that cannot be accepted; the message names the field, the value and what is allowed."""
 
 
 @dataclass(frozen=True)
@@ -119,7 +119,7 @@ class ClinicalData(BaseModel):
 
     @classmethod
     def parse(cls, payload: Any) -> ClinicalData:
-        """Validate a JSON/YAML mapping, converting explicitly supported units; raise :class:`ClinicalDataError`."""
+        """Validate a JSON/YAML mapping, converting the supported units; raises :class:`ClinicalDataError`."""
         if not isinstance(payload, Mapping):
             raise ClinicalDataError(
                 f"clinical data must be a mapping of field names to values, not {type(payload).__name__}; "
@@ -157,7 +157,8 @@ def _to_canonical_units(payload: Mapping[str, Any]) -> dict[str, Any]:
             raise ClinicalDataError(f"unknown clinical data field {key!r}; known fields: {', '.join(FIELDS)}")
         if isinstance(value, Mapping):
             if name not in QUANTITIES:
-                raise ClinicalDataError(f"clinical data field {name!r} takes no unit; give it as a plain value")
+                raise ClinicalDataError(
+                    f"clinical data field {name!r} takes no unit; give it as a plain value")
             out[name] = _convert(key, name, value)
         elif key != name:
             raise ClinicalDataError(
@@ -181,7 +182,8 @@ def _convert(key: str, name: str, given: Mapping[str, Any]) -> float:
     factor = factors.get(_unit_key(unit)) if isinstance(unit, str) else None
     if factor is None:
         raise ClinicalDataError(
-            f"clinical data field {field!r} = {value!r} {unit!r}: unit not supported; allowed: {_allowed(name)}")
+            f"clinical data field {field!r} = {value!r} {unit!r}: unit not supported; "
+            f"allowed: {_allowed(name)}")
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise ClinicalDataError(
             f"clinical data field {field!r} = {value!r}: not a number; allowed: {_allowed(name)}")

@@ -130,7 +130,8 @@ class NodeHttpServer(_BackgroundHttpServer):
                     self._json(411, {"error": "Content-Length required"})
                     return
                 if length > MAX_CLINICAL_BODY:
-                    self._json(413, {"error": f"body of {length} bytes; clinical data is at most {MAX_CLINICAL_BODY}"})
+                    self._json(413, {"error": f"body of {length} bytes; clinical data is at most"
+                                              f" {MAX_CLINICAL_BODY}"})
                     return
                 try:
                     payload = json.loads(self.rfile.read(length) or b"null")
