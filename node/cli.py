@@ -493,5 +493,74 @@ def pipelines() -> None:
         click.echo(f"{name:<24} queue={cls.queue:<4} v{cls.version}  {cls.summary}")
 
 
+# -- clinical data (node.clinical) ----------------------------------------------
+
+
+def _clinical_store(config_path: str | None):  # type: ignore[no-untyped-def]
+    from node.audit import AuditLog
+    from node.clinical import ClinicalStore
+
+    config = _load(config_path)
+    return ClinicalStore(_index(config), AuditLog(config.logging.audit_log or config.spool.path / "audit.log"))
+
+
+@main.group()
+def clinical() -> None:
+    """Clinical data per AccessionNumber (age, sex, history, tumour markers, liver function) for pipelines."""
+
+
+@clinical.command("put")
+@config_option
+@click.argument("accession")
+@click.argument("file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+def clinical_put(config_path: str | None, accession: str, file: Path) -> None:
+    """Validate FILE (JSON or YAML) and store it as the clinical data of ACCESSION, replacing any earlier."""
+    import yaml
+
+    from node.clinical import ClinicalData, ClinicalDataError
+
+    try:
+        text = file.read_text(encoding="utf-8")
+        payload = json.loads(text) if file.suffix.lower() == ".json" else yaml.safe_load(text)
+    except (OSError, UnicodeDecodeError, ValueError, yaml.YAMLError) as exc:
+        raise click.ClickException(f"cannot read {file}: {exc}") from exc
+    try:
+        record = _clinical_store(config_path).put(accession, ClinicalData.parse(payload), source=f"cli:{file.name}")
+    except ClinicalDataError as exc:
+        raise click.ClickException(f"{file}: {exc}") from exc
+    click.echo(f"stored {len(record.data.given())} clinical field(s) for accession {record.accession_number}")
+
+
+@clinical.command("show")
+@config_option
+@click.argument("accession")
+def clinical_show(config_path: str | None, accession: str) -> None:
+    """Print the stored clinical data of ACCESSION as JSON (values in the units their names carry)."""
+    from node.clinical import ClinicalDataError
+
+    try:
+        record = _clinical_store(config_path).get(accession)
+    except ClinicalDataError as exc:
+        raise click.ClickException(str(exc)) from exc
+    if record is None:
+        raise click.ClickException(f"no clinical data for accession {accession!r}")
+    click.echo(json.dumps(record.as_json(), indent=1))
+
+
+@clinical.command("delete")
+@config_option
+@click.argument("accession")
+def clinical_delete(config_path: str | None, accession: str) -> None:
+    """Remove the clinical data of ACCESSION."""
+    from node.clinical import ClinicalDataError
+
+    try:
+        deleted = _clinical_store(config_path).delete(accession)
+    except ClinicalDataError as exc:
+        raise click.ClickException(str(exc)) from exc
+    if not deleted:
+        raise click.ClickException(f"no clinical data for accession {accession!r}")
+    click.echo(f"deleted the clinical data of accession {accession.strip()}")
+
 if __name__ == "__main__":
     main()

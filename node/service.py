@@ -20,6 +20,7 @@ from pydicom import dcmread
 from node import metrics
 from node.assembler import StudyAssembler
 from node.audit import AuditLog
+from node.clinical import ClinicalStore
 from node.config import NodeConfig
 from node.http import NodeHttpServer
 from node.index import Index
@@ -118,7 +119,7 @@ class Node:
         if self.config.http.enabled:
             self.http = NodeHttpServer(
                 self.config.http.host, self.config.http.port, self.config.http.token,
-                self.health, self.status_report,
+                self.health, self.status_report, clinical=ClinicalStore(self.index, self.audit),
             )
             self.http.start()
         if self.config.broker.embedded_worker:
