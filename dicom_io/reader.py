@@ -314,8 +314,8 @@ def _vector(value: str | None, length: int) -> np.ndarray | None:
     return vector if vector.shape == (length,) else None
 
 
-def _tm_seconds(value: object) -> float | None:
-    """Seconds since midnight of a TM value ('HHMMSS.FFFFFF', also the old 'HH:MM:SS')."""
+def tm_seconds(value: object) -> float | None:
+    """Seconds since midnight of a TM value ('HHMMSS.FFFFFF', also the old 'HH:MM:SS'); None if unreadable."""
     if value is None:
         return None
     text = str(value).strip().replace(":", "")
@@ -349,7 +349,7 @@ def _dt_seconds(value: object) -> float | None:
     day = _da_seconds(text[:8])
     if day is None:
         return None
-    clock = _tm_seconds(text[8:]) if len(text) > 8 else 0.0
+    clock = tm_seconds(text[8:]) if len(text) > 8 else 0.0
     return None if clock is None else day + clock
 
 
@@ -359,7 +359,7 @@ def _acquisition_seconds(ds: Dataset) -> float | None:
         seconds = _dt_seconds(dt)
         if seconds is not None:
             return seconds
-    clock = _tm_seconds(_raw(ds, "AcquisitionTime"))
+    clock = tm_seconds(_raw(ds, "AcquisitionTime"))
     if clock is None:
         return None
     day = _da_seconds(_raw(ds, "AcquisitionDate"))

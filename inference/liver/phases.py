@@ -37,6 +37,7 @@ from typing import Any, Literal
 from pydicom import dcmread
 from pydicom.errors import InvalidDicomError
 
+from dicom_io.reader import tm_seconds
 from inference.base import PipelineInputError, SeriesInput
 
 log = logging.getLogger("pacsnode.liver")
@@ -197,13 +198,7 @@ def _clock_seconds(value: object) -> float | None:
     for sign in "+-":
         if sign in text:
             text = text[: text.index(sign)]
-    try:
-        hours = int(text[0:2])
-        minutes = int(text[2:4]) if len(text) >= 4 else 0
-        seconds = float(text[4:]) if len(text) > 4 else 0.0
-    except ValueError:
-        return None
-    return hours * 3600 + minutes * 60 + seconds
+    return tm_seconds(text)
 
 
 def read_series_facts(series: SeriesInput) -> SeriesFacts:
