@@ -69,7 +69,9 @@ def _by_class(outputs, sop_class: str):
 
 
 def test_outputs_are_valid_dicom_in_the_source_study(results, phantom):
-    source = dcmread(next((phantom / "DSC").glob("*.dcm")))
+    source_path = next((phantom / "DSC").glob("*.dcm"))
+    assert_valid_dicom(source_path, expected_iod="MRImage")  # what `pacsnode synth perfusion` writes
+    source = dcmread(source_path)
     classes = {str(ds.SOPClassUID) for ds in results}
     assert classes == {"1.2.840.10008.5.1.4.1.1.30", "1.2.840.10008.5.1.4.1.1.66.4",
                        "1.2.840.10008.5.1.4.1.1.88.33", "1.2.840.10008.5.1.4.1.1.7"}

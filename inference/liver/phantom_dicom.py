@@ -42,9 +42,10 @@ from datetime import datetime, timedelta
 from pathlib import Path
 
 import numpy as np
-from pydicom.dataset import Dataset, FileMetaDataset
-from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, MRImageStorage, generate_uid
+from pydicom.dataset import Dataset
+from pydicom.uid import CTImageStorage, MRImageStorage, generate_uid
 
+from dicom_io.part10 import write_part10
 from inference.liver.phantom import DCE_PHASES, LIVER_CLASSES, LiverPhantom
 
 log = logging.getLogger("pacsnode.liver.phantom")
@@ -158,14 +159,7 @@ def _instances(template: Dataset, phantom: LiverPhantom, pixels: np.ndarray, out
         for keyword, value in (per_instance or {}).items():
             setattr(ds, keyword, value)
         ds.PixelData = np.ascontiguousarray(pixels[z]).tobytes()
-        meta = FileMetaDataset()
-        meta.MediaStorageSOPClassUID = ds.SOPClassUID
-        meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
-        meta.TransferSyntaxUID = ExplicitVRLittleEndian
-        ds.file_meta = meta
-        path = out_dir / f"IM_{number:05d}.dcm"
-        ds.save_as(path, enforce_file_format=True)
-        paths.append(path)
+        paths.append(write_part10(ds, out_dir / f"IM_{number:05d}.dcm"))
     return paths
 
 

@@ -24,9 +24,10 @@ from datetime import datetime, timedelta
 from pathlib import Path
 
 import numpy as np
-from pydicom.dataset import Dataset, FileMetaDataset
-from pydicom.uid import ExplicitVRLittleEndian, MRImageStorage, generate_uid
+from pydicom.dataset import Dataset
+from pydicom.uid import MRImageStorage, generate_uid
 
+from dicom_io.part10 import write_part10
 from inference.perfusion.simulation import (
     TISSUE_LABELS,
     ZONE_LABELS,
@@ -69,9 +70,11 @@ def _series_template(phantom: StrokePhantom, seed: int | None) -> Dataset:
     ds.StudyInstanceUID = _uid(seed, "study")
     ds.SeriesInstanceUID = _uid(seed, "series")
     ds.FrameOfReferenceUID = _uid(seed, "frame-of-reference")
+    ds.PositionReferenceIndicator = ""  # Type 2: present, empty
     ds.StudyDate = ds.SeriesDate = ds.AcquisitionDate = ds.ContentDate = _STUDY_START.strftime("%Y%m%d")
     ds.StudyTime = ds.SeriesTime = _tm(_STUDY_START)
     ds.StudyID = "1"
+    ds.ReferringPhysicianName = ""  # Type 2: present, empty
     ds.AccessionNumber = f"PHANTOM{seed if seed is not None else 0:05d}"
     ds.StudyDescription = "MR brain stroke (phantom)"
     ds.SeriesDescription = SERIES_DESCRIPTION
@@ -133,14 +136,7 @@ def write_phantom_series(phantom: StrokePhantom, out_dir: Path, seed: int | None
             ds.ImagePositionPatient = [f"{origin_x:g}", f"{origin_y:g}", f"{z_mm:g}"]
             ds.SliceLocation = f"{z_mm:g}"
             ds.PixelData = pixels[t, z].tobytes()
-            meta = FileMetaDataset()
-            meta.MediaStorageSOPClassUID = ds.SOPClassUID
-            meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
-            meta.TransferSyntaxUID = ExplicitVRLittleEndian
-            ds.file_meta = meta
-            path = out_dir / f"IM_{number:05d}.dcm"
-            ds.save_as(path, enforce_file_format=True)
-            paths.append(path)
+            paths.append(write_part10(ds, out_dir / f"IM_{number:05d}.dcm"))
     return paths
 
 
