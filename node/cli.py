@@ -264,9 +264,12 @@ def routes(config_path: str | None, folder: Path, calling_ae: str | None) -> Non
 @click.argument("input_dir", type=click.Path(exists=True, file_okay=False, path_type=Path))
 @click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False, path_type=Path))
 @click.option("--option", "-o", "options", multiple=True, help="Pipeline option KEY=VALUE (repeatable).")
-def run(pipeline: str, input_dir: Path, out_dir: Path, options: tuple[str, ...]) -> None:
+@click.option("--clinical", "clinical_file", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="Clinical data (JSON, as for 'pacsnode clinical put') for pipelines that use it.")
+def run(pipeline: str, input_dir: Path, out_dir: Path, options: tuple[str, ...], clinical_file: Path | None) -> None:
     """Run one pipeline on a folder of DICOM, offline, writing results to --out."""
     from inference.base import PipelineError, SeriesInput, StudyInput
+    from node.clinical import ClinicalData, ClinicalDataError
     from inference.registry import UnknownPipelineError, get_pipeline
     from node.jobs import encode_dataset
 
@@ -284,6 +287,12 @@ def run(pipeline: str, input_dir: Path, out_dir: Path, options: tuple[str, ...])
             opts[key] = json.loads(value)
         except json.JSONDecodeError:
             opts[key] = value
+    extra: dict[str, object] = {}
+    if clinical_file is not None:
+        try:
+            extra["clinical"] = ClinicalData.parse(json.loads(clinical_file.read_text())).given()
+        except (json.JSONDecodeError, ClinicalDataError) as exc:
+            raise click.ClickException(f"{clinical_file}: {exc}") from exc
     studies = _read_folder(input_dir)
     if not studies:
         raise click.ClickException(f"no DICOM files found under {input_dir}")
@@ -297,7 +306,7 @@ def run(pipeline: str, input_dir: Path, out_dir: Path, options: tuple[str, ...])
         )
         started = time.perf_counter()
         try:
-            outputs = runner.run(StudyInput(study_uid, series), opts)
+            outputs = runner.run(StudyInput(study_uid, series, extra=extra), opts)
         except PipelineError as exc:
             raise click.ClickException(f"{pipeline} failed: {exc}") from exc
         for ds in outputs:

@@ -23,7 +23,9 @@ from pathlib import Path
 
 from celery import Celery, signals
 from kombu import Queue
+from pydicom import dcmread
 from pydicom.dataset import Dataset
+from pydicom.errors import InvalidDicomError
 from pydicom.uid import ExplicitVRLittleEndian
 
 from inference.base import (
@@ -36,6 +38,7 @@ from inference.base import (
 from inference.registry import UnknownPipelineError, available_pipelines, get_pipeline
 from node import metrics
 from node.audit import AuditLog
+from node.clinical import ClinicalDataError, ClinicalStore
 from node.config import NodeConfig
 from node.index import Index, JobRecord
 from node.outbox import DestinationPolicy, report_refusals
@@ -226,7 +229,29 @@ class JobRunner:
             series.append(
                 SeriesInput(uid, record.modality, record.series_description, record.series_number, paths)
             )
-        return StudyInput(job.study_uid, tuple(series))
+        return StudyInput(job.study_uid, tuple(series), extra=self._clinical_extra(series))
+
+    def _clinical_extra(self, series: Sequence[SeriesInput]) -> dict[str, object]:
+        """``{"clinical": {...}}`` when the clinical store holds data for the study's AccessionNumber.
+
+        Read when the job runs, so data that arrived after the images but
+        before the job started is used; pipelines that take none ignore it.
+        """
+        first = next((s.paths[0] for s in series if s.paths), None)
+        if first is None:
+            return {}
+        try:
+            accession = str(dcmread(first, stop_before_pixels=True, specific_tags=["AccessionNumber"])
+                            .get("AccessionNumber", "") or "").strip()
+        except (InvalidDicomError, OSError, ValueError):
+            return {}
+        if not accession:
+            return {}
+        try:
+            record = ClinicalStore(self.index).get(accession)
+        except ClinicalDataError:  # not a usable accession number: there can be no data for it
+            return {}
+        return {"clinical": record.data.given()} if record is not None else {}
 
     def run(self, job_id: int, token: str) -> JobOutcome | None:
         """Claim and run the job; None when this delivery is not the job's current one."""

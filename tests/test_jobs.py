@@ -11,6 +11,7 @@ from pydicom import dcmread
 from inference.base import Pipeline, StudyInput, TransientPipelineError
 from inference.inventory import StudyInventoryPipeline
 from inference.registry import register_pipeline
+from node.clinical import ClinicalData, ClinicalStore
 from node.config import NodeConfig
 from node.index import Index, NewJob
 from node.jobs import (
@@ -163,3 +164,15 @@ def test_transient_failure_is_retried_with_backoff(study, tmp_path):
         assert (tmp_path / "runs").read_text() == "2"
     finally:
         worker.stop()
+
+
+def test_a_job_sees_the_clinical_data_of_its_accession_number(study):
+    spool, index, study_uid, series_uid = study
+    runner = JobRunner(index, spool)
+    job = index.job(_job(index, study_uid, series_uid))
+    accession = str(dcmread(index.series_instances(series_uid)[0]).AccessionNumber)
+    assert runner.study_input(job).extra == {}  # nothing stored yet: image-only pipelines answer
+    ClinicalStore(index).put(accession, ClinicalData.parse({"age_years": 61, "afp_ng_ml": 850}))
+    assert runner.study_input(job).extra == {"clinical": {"age_years": 61, "afp_ng_ml": 850.0}}
+    ClinicalStore(index).put("OTHER-ACC", ClinicalData.parse({"cirrhosis": True}))
+    assert runner.study_input(job).extra["clinical"] == {"age_years": 61, "afp_ng_ml": 850.0}
