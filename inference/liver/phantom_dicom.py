@@ -6,6 +6,7 @@ Layout of ``out_dir``::
     ground_truth/labels.npz            labels, lesion_labels, spacing, motion_mm (reference grid)
     ground_truth/truth.json            lesions, motion, channels and times, clinical data, seed, UIDs
     ground_truth/truth-seg.dcm         DICOM SEG on the reference series: liver, all tumours, each lesion
+    ground_truth/clinical.json         (lesion studies) the clinical data, as `pacsnode clinical put` takes them
 
 The MR series look like a liver protocol as scanners export it: single-frame
 MR Image Storage, one instance per slice, 16-bit unsigned pixels
@@ -46,7 +47,14 @@ from pydicom.dataset import Dataset
 from pydicom.uid import CTImageStorage, MRImageStorage, generate_uid
 
 from dicom_io.part10 import write_part10
-from inference.liver.phantom import DCE_PHASES, LIVER_CLASSES, LiverPhantom
+from inference.liver.lesion_kinds import LesionKind
+from inference.liver.phantom import (
+    DCE_PHASES,
+    LIVER_CLASSES,
+    MR_SEQUENCES,
+    LiverPhantom,
+    simulate_liver_mr,
+)
 
 log = logging.getLogger("pacsnode.liver.phantom")
 
@@ -87,6 +95,11 @@ def _uid(seed: int, name: str) -> str:
     return generate_uid(entropy_srcs=[f"pacsnode-liver-phantom-{seed}", name])
 
 
+def phantom_accession_number(seed: int) -> str:
+    """The AccessionNumber of the phantom study written for *seed* (what ``pacsnode clinical put`` takes)."""
+    return f"LIVER{seed % 10**10:010d}"
+
+
 def _tm(moment: datetime) -> str:
     return moment.strftime("%H%M%S.%f")
 
@@ -106,7 +119,7 @@ def _patient_and_study(phantom: LiverPhantom, seed: int, description: str) -> Da
     ds.StudyDate = _STUDY_START.strftime("%Y%m%d")
     ds.StudyTime = _tm(_STUDY_START)
     ds.StudyID = "1"
-    ds.AccessionNumber = f"LIVER{seed % 10**10:010d}"
+    ds.AccessionNumber = phantom_accession_number(seed)
     ds.ReferringPhysicianName = ""
     ds.StudyDescription = description
     ds.FrameOfReferenceUID = _uid(seed, "frame-of-reference")
@@ -287,6 +300,33 @@ def write_liver_dce_study(phantom: LiverPhantom, out_dir: str | Path, *, as_4d: 
     _write_truth(phantom, out, seed, series, reference, injection_time=_tm(injection))
     log.info("wrote liver MR phantom study", extra={"series": len({s["series_instance_uid"] for s in series.values()}),
                                                      "as_4d": as_4d, "lesions": len(phantom.lesions)})
+    return out
+
+
+def write_liver_lesion_study(out_dir: str | Path, seed: int, *,
+                             lesion_kinds: Sequence[LesionKind | int] | None = None, n_lesions: int | None = None,
+                             shape: Sequence[int] = (32, 224, 224), spacing: Sequence[float] = (6.0, 1.5, 1.5),
+                             as_4d: bool = False) -> Path:
+    """A six-sequence liver MR study for lesion classification (T2, DWI b 800, the four T1 phases), with
+    its ground truth and ``ground_truth/clinical.json``; returns ``out_dir``.
+
+    The default geometry is the classifier's (CLS_SHAPE and CLS_SPACING of
+    inference.liver.lesion_patches; kept as literals so writing a study does
+    not load the classifier). ``truth.json`` gives each lesion's kind;
+    ``clinical.json`` holds the case's clinical data in the fields and units of
+    :class:`node.clinical.ClinicalData`, validated by it, ready for
+    ``pacsnode clinical put <AccessionNumber> clinical.json`` (the study's
+    AccessionNumber is :func:`phantom_accession_number`). Raises
+    :class:`~inference.liver.phantom.PhantomParameterError` for a geometry or
+    lesion list the simulator cannot honour.
+    """
+    from node.clinical import ClinicalData
+
+    phantom = simulate_liver_mr(seed, shape=shape, spacing=spacing, channels=MR_SEQUENCES, n_lesions=n_lesions,
+                                lesion_kinds=lesion_kinds)
+    clinical = ClinicalData.parse(phantom.clinical).given()
+    out = write_liver_dce_study(phantom, out_dir, as_4d=as_4d, seed=seed)
+    (out / "ground_truth" / "clinical.json").write_text(json.dumps(clinical, indent=2))
     return out
 
 

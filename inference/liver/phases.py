@@ -32,6 +32,7 @@ import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from itertools import pairwise
+from pathlib import Path
 from typing import Any, Literal
 
 from pydicom import dcmread
@@ -140,6 +141,17 @@ class SeriesFacts:
     #: Earliest AcquisitionTime of each time point (one entry for a 3D series), seconds since midnight.
     time_point_starts_s: tuple[float | None, ...]
     frame_of_reference_uid: str | None
+    #: EchoTime (ms) and ScanningSequence (e.g. ("SE",), ("EP",), ("GR",)) as the first instance states them.
+    echo_time_ms: float | None = None
+    scanning_sequence: tuple[str, ...] = ()
+    sequence_name: str = ""
+    #: Whether the slices are axial (slice normal within ~37° of the patient's z axis); None when not stated.
+    axial: bool | None = None
+    #: Diffusion-weighted images: path → b-value (s/mm²), from DiffusionBValue (top level or the MR
+    #: Diffusion Sequence) or the Siemens SequenceName ("*ep_b800t").
+    b_values: Mapping[Path, float] = field(default_factory=dict)
+    #: Images that are isotropic (trace) diffusion images (DiffusionDirectionality ISOTROPIC, ImageType TRACEW).
+    isotropic_paths: frozenset[Path] = frozenset()
 
     @property
     def label(self) -> str:
@@ -185,7 +197,40 @@ class PhaseIdentificationError(PipelineInputError):
 _HEADER_TAGS = ["Modality", "SeriesDescription", "ImageType", "ContrastBolusAgent", "ContrastBolusStartTime",
                 "AcquisitionTime", "AcquisitionDateTime", "ContentTime", "TemporalPositionIdentifier",
                 "NumberOfTemporalPositions", "ImagePositionPatient", "FrameOfReferenceUID", "TriggerTime",
-                "NumberOfFrames"]
+                "NumberOfFrames", "EchoTime", "ScanningSequence", "SequenceName", "ImageOrientationPatient",
+                "DiffusionBValue", "DiffusionDirectionality", "MRDiffusionSequence"]
+# Siemens writes the b-value into SequenceName: "*ep_b800t", "ep_b0", "*ep_b1000#1".
+_SIEMENS_B_VALUE = re.compile(r"(?i)ep_b(\d{1,5})")
+
+
+def _strings(value: object) -> tuple[str, ...]:
+    """A CS value (single or multi-valued) as upper-case strings."""
+    if value in (None, ""):
+        return ()
+    if isinstance(value, str):
+        return tuple(v.strip().upper() for v in value.split("\\") if v.strip())
+    return tuple(str(v).strip().upper() for v in value)  # type: ignore[attr-defined]
+
+
+def _diffusion(ds: Any, image_type: tuple[str, ...]) -> tuple[float | None, bool]:
+    """The b-value of one image (None when it states none) and whether it is an isotropic (trace) image."""
+    value = ds.get("DiffusionBValue")
+    directionality = str(ds.get("DiffusionDirectionality", "") or "").upper()
+    if value in (None, "") and ds.get("MRDiffusionSequence"):
+        item = ds.MRDiffusionSequence[0]
+        value = item.get("DiffusionBValue")
+        directionality = directionality or str(item.get("DiffusionDirectionality", "") or "").upper()
+    b_value: float | None = None
+    if value not in (None, ""):
+        try:
+            b_value = float(value)
+        except (TypeError, ValueError):
+            b_value = None
+    if b_value is None:
+        match = _SIEMENS_B_VALUE.search(str(ds.get("SequenceName", "") or ""))
+        b_value = float(match.group(1)) if match else None
+    isotropic = directionality == "ISOTROPIC" or bool({"TRACEW", "TRACE"} & set(image_type))
+    return b_value, isotropic
 
 
 def _clock_seconds(value: object) -> float | None:
@@ -213,6 +258,12 @@ def read_series_facts(series: SeriesInput) -> SeriesFacts:
     by_slice_position: dict[tuple[float, ...], list[float]] = {}
     untimed_repeats: dict[tuple[float, ...], int] = {}
     declared_positions = 1
+    echo_time: float | None = None
+    scanning: tuple[str, ...] = ()
+    sequence_name = ""
+    axial: bool | None = None
+    b_values: dict[Path, float] = {}
+    isotropic: set[Path] = set()
     for path in series.paths:
         try:
             ds = dcmread(path, stop_before_pixels=True, specific_tags=_HEADER_TAGS)
@@ -223,6 +274,20 @@ def read_series_facts(series: SeriesInput) -> SeriesFacts:
         if not image_type and ds.get("ImageType"):
             value = ds.ImageType
             image_type = (str(value),) if isinstance(value, str) else tuple(str(v) for v in value)
+        if echo_time is None and ds.get("EchoTime") not in (None, ""):
+            echo_time = float(ds.EchoTime)
+        scanning = scanning or _strings(ds.get("ScanningSequence"))
+        sequence_name = sequence_name or str(ds.get("SequenceName", "") or "")
+        if axial is None and ds.get("ImageOrientationPatient") is not None and len(ds.ImageOrientationPatient) == 6:
+            row, column = [float(v) for v in ds.ImageOrientationPatient[:3]], [float(v) for v in
+                                                                              ds.ImageOrientationPatient[3:]]
+            normal_z = row[0] * column[1] - row[1] * column[0]
+            axial = abs(normal_z) > 0.8
+        b_value, is_trace = _diffusion(ds, _strings(ds.get("ImageType")))
+        if b_value is not None:
+            b_values[Path(path)] = b_value
+        if is_trace:
+            isotropic.add(Path(path))
         agent = agent or (str(ds.get("ContrastBolusAgent", "") or "").strip() or None)
         bolus = bolus if bolus is not None else _clock_seconds(ds.get("ContrastBolusStartTime"))
         frame_of_reference = frame_of_reference or (str(ds.get("FrameOfReferenceUID", "") or "") or None)
@@ -246,7 +311,9 @@ def read_series_facts(series: SeriesInput) -> SeriesFacts:
         starts = tuple([starts[0]] + [None] * (declared_positions - 1))
     return SeriesFacts(series=series, modality=modality, description=description, image_type=image_type,
                        contrast_agent=agent, bolus_start_s=bolus, time_point_starts_s=starts,
-                       frame_of_reference_uid=frame_of_reference)
+                       frame_of_reference_uid=frame_of_reference, echo_time_ms=echo_time, scanning_sequence=scanning,
+                       sequence_name=sequence_name, axial=axial, b_values=b_values,
+                       isotropic_paths=frozenset(isotropic))
 
 
 def _time_point_starts(by_temporal_position: Mapping[int, list[float]],
@@ -275,7 +342,8 @@ def is_excluded(facts: SeriesFacts, rules: PhaseRules) -> bool:
     return re.search(rules.exclude, facts.description) is not None
 
 
-def _describe(all_facts: Sequence[SeriesFacts]) -> str:
+def describe_series(all_facts: Sequence[SeriesFacts]) -> str:
+    """The study's series as messages list them: description, number and modality."""
     return ", ".join(f"{f.label} ({f.modality or '?'})" for f in all_facts) or "(none)"
 
 
@@ -291,7 +359,7 @@ def choose_modality(facts: Sequence[SeriesFacts], rules: PhaseRules, modality: s
     if any(f.modality == "CT" and not is_excluded(f, rules) for f in facts):
         return "CT"
     raise PhaseIdentificationError(
-        f"the study has neither usable MR nor CT image series; series: {_describe(facts)}")
+        f"the study has neither usable MR nor CT image series; series: {describe_series(facts)}")
 
 
 def identify_liver_study(series: Sequence[SeriesInput], rules: PhaseRules | None = None,
@@ -309,7 +377,7 @@ def identify_ct_series(facts: Sequence[SeriesFacts], rules: PhaseRules) -> Phase
     """The CT series to segment: a portal-venous one when the descriptions say so, else the largest."""
     candidates = [f for f in facts if f.modality == "CT" and not is_excluded(f, rules)]
     if not candidates:
-        raise PhaseIdentificationError(f"no CT image series found among series: {_describe(facts)}")
+        raise PhaseIdentificationError(f"no CT image series found among series: {describe_series(facts)}")
     portal = [f for f in candidates if re.search(rules.patterns.get("portal", "$^"), f.description)]
     pool = portal or candidates
     chosen = max(pool, key=lambda f: len(f.series.paths))
@@ -320,11 +388,22 @@ def identify_ct_series(facts: Sequence[SeriesFacts], rules: PhaseRules) -> Phase
 def identify_dce_phases(facts: Sequence[SeriesFacts], rules: PhaseRules,
                         phases: Sequence[str] = DCE_PHASES) -> dict[str, PhaseSource]:
     """Each of *phases* mapped to its series (or 4D time point); raises when one cannot be found."""
+    found, problem = find_dce_phases(facts, rules, phases)
+    if problem is not None:
+        raise PhaseIdentificationError(problem)
+    log.info("liver DCE phases identified", extra={
+        "phases": {p: s.reason for p, s in found.items()}})
+    return found
+
+
+def find_dce_phases(facts: Sequence[SeriesFacts], rules: PhaseRules,
+                    phases: Sequence[str] = DCE_PHASES) -> tuple[dict[str, PhaseSource], str | None]:
+    """The *phases* that can be found, and when some cannot, a message naming the first missing one and
+    the study's series (what :func:`identify_dce_phases` raises). For callers that can do without a phase."""
     candidates = [f for f in facts if f.modality == "MR" and not is_excluded(f, rules)]
     if not candidates:
-        raise PhaseIdentificationError(
-            f"no MR series usable as a DCE phase among series: {_describe(facts)} (T2, diffusion, subtraction "
-            "and localiser series are excluded by the exclude_regex rule)")
+        return {}, (f"no MR series usable as a DCE phase among series: {describe_series(facts)} (T2, diffusion, "
+                    "subtraction and localiser series are excluded by the exclude_regex rule)")
     dynamic = [f for f in candidates if f.time_points >= len(phases)]
     described = [f for f in candidates if any(re.search(rules.patterns[p], f.description) for p in phases)]
     if dynamic and len(described) < len(phases):
@@ -356,17 +435,15 @@ def identify_dce_phases(facts: Sequence[SeriesFacts], rules: PhaseRules,
         for phase, f in zip(missing, sorted(left, key=lambda f: f.acquisition_s or 0.0), strict=True):
             found[phase] = PhaseSource(phase, f.series, None, f"{f.label}: acquisition order")
     missing = [p for p in phases if p not in found]
+    result = {p: found[p] for p in phases if p in found}
     if missing:
         assigned = ", ".join(f"{p}: {found[p].reason.split(':')[0]}" for p in phases if p in found) or "none"
-        raise PhaseIdentificationError(
-            f"no {missing[0]} phase found among series: {_describe(facts)}"
+        return result, (
+            f"no {missing[0]} phase found among series: {describe_series(facts)}"
             f"{' (also missing: ' + ', '.join(missing[1:]) + ')' if len(missing) > 1 else ''}; "
             f"phases found: {assigned}. Set the route option phase_regex "
             f"(e.g. {{\"{missing[0]}\": \"<regex matching its SeriesDescription>\"}}) if the series is there")
-    result = {p: found[p] for p in phases}
-    log.info("liver DCE phases identified", extra={
-        "phases": {p: s.reason for p, s in result.items()}})
-    return result
+    return result, None
 
 
 def _only_match(f: SeriesFacts, rules: PhaseRules, phases: Sequence[str]) -> str | None:
@@ -412,8 +489,9 @@ def _order_fits(found: Mapping[str, PhaseSource], left: Sequence[SeriesFacts], m
     return all(a < b for a, b in pairwise(ordered))  # type: ignore[operator]
 
 
-def _phases_of_4d(f: SeriesFacts, rules: PhaseRules, phases: Sequence[str]) -> dict[str, PhaseSource]:
-    """The phases as time points of one 4D series."""
+def _phases_of_4d(f: SeriesFacts, rules: PhaseRules,
+                  phases: Sequence[str]) -> tuple[dict[str, PhaseSource], str | None]:
+    """The phases found as time points of one 4D series, and why the others are missing."""
     starts = f.time_point_starts_s
     result: dict[str, PhaseSource] = {}
     if f.bolus_start_s is not None and all(t is not None for t in starts):
@@ -425,17 +503,18 @@ def _phases_of_4d(f: SeriesFacts, rules: PhaseRules, phases: Sequence[str]) -> d
                                             f"{f.label} time point {index + 1}: {_delay(start, f.bolus_start_s):.0f} s "  # type: ignore[arg-type]
                                             f"after ContrastBolusStartTime")
         missing = [p for p in phases if p not in result]
+        found = {p: result[p] for p in phases if p in result}
         if not missing:
-            return {p: result[p] for p in phases}
-        raise PhaseIdentificationError(
+            return found, None
+        return found, (
             f"no {missing[0]} phase found in the 4D series {f.label}: its {len(starts)} time points lie at "
             f"{', '.join(f'{_delay(t, f.bolus_start_s):.0f}' for t in starts)} s after ContrastBolusStartTime "  # type: ignore[arg-type]
             f"(windows: arterial from {rules.arterial_start_s:g} s, portal from {rules.portal_start_s:g} s, "
             f"delayed from {rules.delayed_start_s:g} s)")
     if len(starts) == len(phases):
         return {p: PhaseSource(p, f.series, i, f"{f.label} time point {i + 1} of {len(starts)} (order)")
-                for i, p in enumerate(phases)}
-    raise PhaseIdentificationError(
+                for i, p in enumerate(phases)}, None
+    return {}, (
         f"the 4D series {f.label} has {len(starts)} time points but no ContrastBolusStartTime, so its "
         f"{', '.join(phases)} phases cannot be told apart; send the phases as separate series or with the "
         "bolus start time")
