@@ -3,7 +3,9 @@
 Many PACS viewers cannot display SEG or Parametric Map objects. For those,
 pacsnode also sends a plain RGB Secondary Capture series, one image per
 source slice: the perfusion map in colour with a labelled colour bar, or the
-segmentation masks filled and outlined over the grey-scale source. The text
+segmentation masks filled and outlined over the grey-scale source. Key image
+series show only chosen slices: where a classifier looked (a saliency map as
+a semi-transparent heat map), the lesion outlines and caption lines. The text
 "RESEARCH USE ONLY" is burned into every image and repeated in the header
 (SeriesDescription, ImageComments), and the images are marked as derived
 (ImageType DERIVED\\SECONDARY, DerivationDescription, Source Image Sequence).
@@ -45,10 +47,18 @@ RESEARCH_NOTICE = "RESEARCH USE ONLY"
 MIN_IMAGE_SIZE = 384
 #: Opacity of mask fills over the grey-scale source.
 MASK_OPACITY = 0.4
+#: Opacity of a saliency heat map where it is 1; it falls linearly to 0 with the value.
+HEAT_OPACITY = 0.6
+#: Saliency below this is not drawn at all (the source shows through unchanged).
+HEAT_FLOOR = 0.05
 
+#: Marks text cut to fit (the bitmap font has no '~' or ellipsis).
+CUT = "."
 _TEXT = (255, 255, 255)
 _NOTICE = (255, 220, 0)
 _PANEL = (0, 0, 0)
+#: Key image outlines: colours outside the heat map's blue-to-red scale.
+_OUTLINE_COLOURS = ((240, 50, 230), (255, 255, 255), (250, 190, 212), (145, 30, 180))
 _DEFAULT_COLOURS = ((230, 25, 75), (60, 180, 75), (255, 225, 25), (0, 130, 200), (245, 130, 48),
                     (145, 30, 180), (70, 240, 240), (240, 50, 230), (210, 245, 60), (250, 190, 212))
 
@@ -253,7 +263,7 @@ class SummaryImageWriter:
         # Title: the algorithm's name, shortened to leave room for the slice counter.
         room = layout.shape[1] // (CELL_WIDTH * layout.text_scale) - 10
         title = f"{algorithm.name} segmentation"
-        title = title if len(title) <= room else title[: max(room - 1, 1)] + "~"
+        title = title if len(title) <= room else title[: max(room - 1, 1)] + CUT
         images = []
         for z in range(source.slice_count):
             rgb = _zoom(np.repeat(grey[z][..., None], 3, axis=-1), layout.zoom).astype(np.float32)
@@ -268,6 +278,109 @@ class SummaryImageWriter:
             images.append(canvas)
         return self._datasets(source, images, layout, algorithm, check_series_number(series_number),
                               description, derivation)
+
+    def write_key_images(
+        self,
+        source_images: Sequence[Dataset],
+        heat: np.ndarray,
+        outlines: Mapping[str, np.ndarray],
+        slices: Sequence[int],
+        captions: Mapping[int, Sequence[str]],
+        algorithm: AlgorithmInfo,
+        series_number: int,
+        series_description: str | None = None,
+        *,
+        series_instance_uid: str | None = None,
+        first_instance_number: int = 1,
+    ) -> list[Dataset]:
+        """One RGB key image per slice in ``slices``: where a model looked, over the grey-scale source.
+
+        ``heat`` (z, y, x, values 0-1, e.g. a normalised input-gradient
+        saliency map) is blended in colour (blue low, red high), more opaque
+        where it is higher and absent below :data:`HEAT_FLOOR`; each mask in
+        ``outlines`` (label -> bool (z, y, x)) is outlined in its colour and
+        named in the side panel, followed by ``captions[slice]`` (e.g.
+        "Lesion 1: HCC 82%"). ``slices`` index ``source_images`` in the order
+        given; the images are numbered in the order of ``slices`` from
+        ``first_instance_number``. To gather the key images of several calls
+        (one per lesion, each with its own saliency map) in one series, pass
+        the same ``series_instance_uid`` (e.g. ``pydicom.uid.generate_uid()``)
+        and continue the numbering.
+        """
+        source = check_source_series(source_images)
+        source.check_array(heat, "Saliency map")
+        if not np.issubdtype(heat.dtype, np.number) or not np.all(np.isfinite(heat)):
+            raise WriterError("Saliency map must be numeric and finite")
+        if heat.size and (float(heat.min()) < 0.0 or float(heat.max()) > 1.0):
+            raise WriterError(f"Saliency map values must lie in [0, 1] (normalise it first), got "
+                              f"{float(heat.min()):g} to {float(heat.max()):g}")
+        if not isinstance(outlines, Mapping):
+            raise WriterError("outlines must be a mapping of label to (z, y, x) boolean arrays")
+        entries: list[tuple[str, np.ndarray, tuple[int, int, int]]] = []
+        for index, (label, mask) in enumerate(outlines.items()):
+            if not isinstance(label, str) or not label.strip():
+                raise WriterError(f"Outline {index + 1} needs a text label, got {label!r}")
+            source.check_array(mask, f"Outline {label!r}")
+            if mask.dtype != bool:
+                raise WriterError(f"Outline {label!r} has dtype {mask.dtype}; bool is expected")
+            entries.append((label, mask, _OUTLINE_COLOURS[index % len(_OUTLINE_COLOURS)]))
+        chosen = self._key_slices(slices, source.slice_count)
+        if not isinstance(captions, Mapping):
+            raise WriterError("captions must be a mapping of slice index to lines of text")
+        for z, lines in captions.items():
+            if z not in chosen:
+                raise WriterError(f"Caption for slice {z!r}, which is not one of the key slices {list(chosen)}")
+            if isinstance(lines, str) or not all(isinstance(line, str) for line in lines):
+                raise WriterError(f"Caption of slice {z} must be a sequence of text lines, got {lines!r}")
+        description = self._description(series_description, "Key images")
+        chars = max([12, *(len(label) for label, _, _ in entries),
+                     *(len(line) for lines in captions.values() for line in lines)])
+        chars = min(chars, 26)
+        layout = _layout(source, panel_chars=chars + 3)
+        grey = _grey_underlay(source)
+        derivation = (
+            f"Saliency of {algorithm.label} (0-1, blue low to red high, not drawn below {HEAT_FLOOR:g})"
+            f" and outlines ({', '.join(label for label, _, _ in entries) or 'none'})"[:700]
+            + f" drawn over the source slice by pacsnode {self.node.software_version}. {RESEARCH_NOTICE}."
+        )
+        room = layout.shape[1] // (CELL_WIDTH * layout.text_scale) - 10
+        title = f"{algorithm.name} saliency"
+        title = title if len(title) <= room else title[: max(room - 1, 1)] + CUT
+        images = []
+        for z in chosen:
+            rgb = _zoom(np.repeat(grey[z][..., None], 3, axis=-1), layout.zoom).astype(np.float32)
+            level = _zoom(heat[z].astype(np.float64), layout.zoom)
+            shown = level >= HEAT_FLOOR
+            alpha = (HEAT_OPACITY * level[shown])[:, None]
+            rgb[shown] = (1 - alpha) * rgb[shown] + alpha * colour_scale(level[shown]).astype(np.float32)
+            for _, mask, colour in entries:
+                big = _zoom(mask[z], layout.zoom)
+                if big.any():
+                    rgb[_outline(big)] = colour
+            canvas = self._canvas(layout, np.round(rgb).astype(np.uint8), title, z, source.slice_count)
+            panel = self._legend(layout, entries, chars) if entries else np.zeros(
+                (layout.image_rows, layout.panel, 3), dtype=np.uint8)
+            self._caption(panel, layout, len(entries), captions.get(z, ()), chars)
+            canvas[layout.header:layout.header + layout.image_rows, layout.image_columns:] = panel
+            images.append(canvas)
+        return self._datasets(source, images, layout, algorithm, check_series_number(series_number),
+                              description, derivation, slices=chosen, series_instance_uid=series_instance_uid,
+                              first_instance_number=first_instance_number)
+
+    @staticmethod
+    def _key_slices(slices: Sequence[int], count: int) -> list[int]:
+        if isinstance(slices, (str, bytes)) or not isinstance(slices, Sequence) or not slices:
+            raise WriterError("slices must be a non-empty sequence of source slice indices")
+        chosen = []
+        for z in slices:
+            if isinstance(z, bool) or not isinstance(z, (int, np.integer)):
+                raise WriterError(f"Key slice {z!r} is not an integer index")
+            if not 0 <= z < count:
+                raise WriterError(f"Key slice {z} is out of range: the source series has {count} slices (0-{count - 1})")
+            if int(z) in chosen:
+                raise WriterError(f"Key slice {z} is given twice")
+            chosen.append(int(z))
+        return chosen
 
     # ------------------------------------------------------------------ drawing
 
@@ -317,21 +430,40 @@ class SummaryImageWriter:
         for k, (label, _, colour) in enumerate(shown):
             row = s + k * step
             panel[row + s:row + layout.line - s, 2 * s:2 * s + 2 * CELL_WIDTH * s // 2] = colour
-            text = label if len(label) <= chars else label[: chars - 1] + "~"
+            text = label if len(label) <= chars else label[: chars - 1] + CUT
             draw_text(panel, text, row, 3 * CELL_WIDTH * s // 2 + 3 * s, _TEXT, scale=s)
         if len(shown) < len(entries):
             draw_text(panel, f"+{len(entries) - len(shown)} more", s + len(shown) * step, 2 * s, _TEXT, scale=s)
         return panel
 
+    @staticmethod
+    def _caption(panel: np.ndarray, layout: _Layout, legend_rows: int, lines: Sequence[str], chars: int) -> None:
+        """Caption lines in the side panel below a legend of ``legend_rows`` entries; :data:`CUT` marks cut text."""
+        s = layout.text_scale
+        step = layout.line + 2 * s
+        row = s + (legend_rows + (1 if legend_rows else 0)) * step
+        for line in lines:
+            if row + layout.line > panel.shape[0]:
+                break
+            text = line if len(line) <= chars else line[: chars - 1] + CUT
+            draw_text(panel, text, row, 2 * s, _TEXT, scale=s)
+            row += step
+
     # ------------------------------------------------------------------ DICOM
 
     def _datasets(self, source: SourceSeries, images: Sequence[np.ndarray], layout: _Layout,
                   algorithm: AlgorithmInfo, series_number: int, description: str,
-                  derivation: str) -> list[Dataset]:
-        series_uid = generate_uid()
+                  derivation: str, slices: Sequence[int] | None = None, series_instance_uid: str | None = None,
+                  first_instance_number: int = 1) -> list[Dataset]:
+        """One Secondary Capture per image; ``slices``: the source slices they show (default: all, in order)."""
+        if isinstance(first_instance_number, bool) or not isinstance(first_instance_number, int) \
+                or first_instance_number < 1:
+            raise WriterError(f"first_instance_number must be a positive int, got {first_instance_number!r}")
+        series_uid = series_instance_uid or generate_uid()
         spacing = [float(v) / layout.zoom for v in source.first.PixelSpacing]
+        shown = [source.images[z] for z in slices] if slices is not None else list(source.images)
         out = []
-        for index, (ds, rgb) in enumerate(zip(source.images, images, strict=True)):
+        for index, (ds, rgb) in enumerate(zip(shown, images, strict=True)):
             try:
                 sc = hd.sc.SCImage.from_ref_dataset(
                     ref_dataset=ds,
@@ -342,7 +474,7 @@ class SummaryImageWriter:
                     series_instance_uid=series_uid,
                     series_number=series_number,
                     sop_instance_uid=generate_uid(),
-                    instance_number=index + 1,
+                    instance_number=first_instance_number + index,
                     pixel_spacing=(spacing[0], spacing[1]),
                     patient_orientation=_patient_orientation(ds),
                     transfer_syntax_uid=ExplicitVRLittleEndian,

@@ -8,8 +8,16 @@ segment and the source images it lies on, and:
   hypoperfusion intensity ratio) as numeric measurements, each referencing
   the source images it was measured on;
 * qualitative findings as coded values, their probability as a numeric
-  measurement (unit "1") in the same group: TID 1500 qualitative
-  evaluations take codes only.
+  measurement (DCM 122157 "Probability", unit "1") in the same group: TID
+  1500 qualitative evaluations take codes only. Each probability carries a
+  HAS CONCEPT MOD child repeating its finding (question = answer, e.g.
+  "Differential Diagnosis/Impression = Liver cell carcinoma"), so a group
+  can hold a probability per class and readers tell them apart;
+* key images (e.g. saliency overlays) as IMAGE items DCM 121200
+  "Illustration of ROI" in the group, also listed as evidence. highdicom's
+  TID 1411 class takes no such argument, so they are appended to the
+  group's content after construction; dciodvfy accepts them and highdicom
+  reads the group back unchanged.
 
 The algorithm is recorded as the observer device and, per group and per
 measurement, as TID 4019 Algorithm Identification. Every instance the
@@ -87,6 +95,8 @@ NO = codes.SCT.No
 #: DCM 113288 "Volume Ratio": hypoperfused volume / core volume.
 MISMATCH_RATIO = codes.DCM.VolumeRatio
 PROBABILITY = codes.DCM.Probability
+#: DCM 121200, an image that illustrates a measurement group's region (here: key images).
+ILLUSTRATION_OF_ROI = codes.DCM.IllustrationOfROI
 
 MILLILITRE = Code("ml", "UCUM", "milliliter")
 MILLIMETRE = codes.UCUM.Millimeter
@@ -204,11 +214,17 @@ class SegmentFindings:
     findings: Sequence[CodedFinding] = ()
     finding_type: Code | None = None
     finding_site: Code | None = None
+    #: Images illustrating the finding (e.g. saliency key images), referenced as "Illustration of ROI".
+    key_images: Sequence[Dataset] = ()
 
     def __post_init__(self) -> None:
         if isinstance(self.segment_number, bool) or not isinstance(self.segment_number, (int, np.integer)) \
                 or self.segment_number < 1:
             raise WriterError(f"segment_number must be a positive int, got {self.segment_number!r}")
+        for index, image in enumerate(self.key_images):
+            if not isinstance(image, Dataset) or not image.get("SOPClassUID") or not image.get("SOPInstanceUID"):
+                raise WriterError(f"Segment {self.segment_number}: key image {index + 1} is not a DICOM instance "
+                                  "with SOPClassUID and SOPInstanceUID")
 
 
 @dataclass(frozen=True)
@@ -349,7 +365,9 @@ class MeasurementReportWriter:
                 title=codes.DCM.ImagingMeasurementReport,
                 referenced_images=list(source.images),
             )
-            evidence = [*source.images, seg, *extra_evidence]
+            key_images = [image for group in groups if isinstance(group, SegmentFindings) for image in group.key_images]
+            evidence = list({ds.SOPInstanceUID: ds for ds in [*source.images, seg, *extra_evidence, *key_images]}
+                            .values())
             sr = hd.sr.ComprehensiveSR(
                 evidence=evidence,
                 content=report,
@@ -404,7 +422,7 @@ class MeasurementReportWriter:
         site = group.finding_site
         if site is None and description.anatomic_regions:
             site = _plain_code(description.anatomic_regions[0])
-        return hd.sr.VolumetricROIMeasurementsAndQualitativeEvaluations(
+        measurement_group = hd.sr.VolumetricROIMeasurementsAndQualitativeEvaluations(
             tracking_identifier=tracking,
             referenced_segment=referenced_segment,
             finding_type=finding_type,
@@ -413,6 +431,17 @@ class MeasurementReportWriter:
             measurements=measurements or None,
             qualitative_evaluations=evaluations or None,
         )
+        study = images[0].StudyInstanceUID
+        for image in group.key_images:
+            if image.get("StudyInstanceUID") != study:
+                raise WriterError(f"Segment {group.segment_number}: key image {image.SOPInstanceUID} belongs to "
+                                  "another study than the source images")
+            # TID 1410/1411 row "Illustration of ROI"; highdicom has no argument for it.
+            measurement_group[0].ContentSequence.append(hd.sr.ImageContentItem(
+                name=ILLUSTRATION_OF_ROI, referenced_sop_class_uid=image.SOPClassUID,
+                referenced_sop_instance_uid=image.SOPInstanceUID,
+                relationship_type=hd.sr.RelationshipTypeValues.CONTAINS))
+        return measurement_group
 
 
     def _region_group(self, group: ImageRegionFindings, algorithm: AlgorithmInfo,
@@ -433,7 +462,7 @@ class MeasurementReportWriter:
                 graphic_type=hd.sr.GraphicTypeValues.POINT,
                 graphic_data=np.array([[column + 0.5, row + 0.5]], dtype=np.float64),
                 source_image=hd.sr.SourceImageForRegion.from_source_image(image)))
-        on = sorted(set(int(z) for z in voxels[:, 0]))
+        on = sorted({int(z) for z in voxels[:, 0]})
         measured_on = [hd.sr.SourceImageForMeasurement.from_source_image(images[z]) for z in on]
         algorithm_id = algorithm.sr_identification()
         measurements, evaluations = _measurements_and_evaluations(
@@ -463,12 +492,7 @@ def _measurements_and_evaluations(
             name=name, value=value, unit=unit, algorithm_id=algorithm_id, referenced_images=measured_on or None,
         ))
     evaluations = []
-    with_probability = [f for f in findings if getattr(f, "probability", None) is not None]
-    if len(with_probability) > 1:
-        raise WriterError(
-            f"{label}: more than one coded finding has a probability; "
-            "the probability measurements could not be told apart (report one per segment)"
-        )
+    answered: set[tuple[str, str, str, str]] = set()
     for finding in findings:
         if isinstance(finding, CodedFinding) and finding.name == codes.DCM.Finding:
             raise WriterError(
@@ -477,13 +501,24 @@ def _measurements_and_evaluations(
             )
         if not isinstance(finding, CodedFinding) or not isinstance(finding.code, (Code, hd.sr.CodedConcept)):
             raise WriterError(f"{label}: findings must be CodedFinding with a Code")
+        key = (finding.name.value, finding.name.scheme_designator, finding.code.value, finding.code.scheme_designator)
+        if key in answered:
+            raise WriterError(f"{label}: '{finding.name.meaning} = {finding.code.meaning}' is reported twice; "
+                              "its probabilities could not be told apart")
+        answered.add(key)
         evaluations.append(hd.sr.QualitativeEvaluation(name=finding.name, value=finding.code))
         if finding.probability is not None:
             _check_number(finding.probability, f"Probability of {finding.code.meaning}", 0.0, 1.0)
-            measurements.append(hd.sr.Measurement(
+            probability = hd.sr.Measurement(
                 name=PROBABILITY, value=float(finding.probability), unit=NO_UNITS,
                 algorithm_id=algorithm_id, referenced_images=measured_on or None,
-            ))
+            )
+            # Which answer this is the probability of: the finding itself, as a concept modifier.
+            modifier = hd.sr.CodeContentItem(name=finding.name, value=finding.code,
+                                             relationship_type=hd.sr.RelationshipTypeValues.HAS_CONCEPT_MOD)
+            item = probability[0]
+            item.ContentSequence = [*item.get("ContentSequence", []), modifier]
+            measurements.append(probability)
     return measurements, evaluations
 
 
