@@ -172,14 +172,15 @@ def identify_lesion_sequences(series: Sequence[SeriesInput], rules: SequenceRule
     mr = [f for f in facts if f.modality == "MR" and not _not_source_images(f)]
     found: dict[str, PhaseSource] = {}
     t2_candidates = [f for f in mr if _is_t2(f, rules)]
-    dwi_candidates = [f for f in mr if _is_dwi(f, rules) and f not in t2_candidates]
+    t2_uids = {f.series.series_uid for f in t2_candidates}
+    dwi_candidates = [f for f in mr if f.series.series_uid not in t2_uids and _is_dwi(f, rules)]
     t2 = _choose_t2(t2_candidates, rules)
     if t2 is not None:
         found["t2"] = t2
     dwi, b_value = _choose_dwi(dwi_candidates, rules)
     if dwi is not None:
         found["dwi"] = dwi
-    taken = {f.series.series_uid for f in [*t2_candidates, *dwi_candidates]}
+    taken = t2_uids | {f.series.series_uid for f in dwi_candidates}
     phases, phase_problem = find_dce_phases([f for f in facts if f.series.series_uid not in taken], rules.phases)
     found.update(phases)
     missing = tuple(name for name in LESION_SEQUENCES if name not in found)
