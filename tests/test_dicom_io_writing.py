@@ -760,9 +760,9 @@ def test_measurement_report_rejects_bad_groups(
         writer.write(source, liver_seg, [SegmentFindings(9, [VolumeMeasurement(1.0)])], algorithm, 302)
     with pytest.raises(WriterError, match="two measurement groups"):
         writer.write(source, liver_seg, [SegmentFindings(1), SegmentFindings(1)], algorithm, 302)
-    with pytest.raises(WriterError, match="more than one coded finding"):
+    with pytest.raises(WriterError, match="reported twice"):
         writer.write(source, liver_seg, [SegmentFindings(2, findings=[
-            CodedFinding(codes.SCT.Cyst, 0.5), CodedFinding(codes.SCT.Hemangioma, 0.5)])], algorithm, 302)
+            CodedFinding(codes.SCT.Cyst, 0.5), CodedFinding(codes.SCT.Cyst, 0.4)])], algorithm, 302)
     other_series = make_mr_series(study_uid=source[0].StudyInstanceUID)
     with pytest.raises(WriterError, match="different FrameOfReferenceUIDs"):
         writer.write(other_series, liver_seg, [SegmentFindings(1)], algorithm, 302)
@@ -848,9 +848,9 @@ def test_voxel_points_and_image_findings_are_checked(
                      algorithm, 302)
     with pytest.raises(WriterError, match="needs a measurement or a finding"):
         ImageFindings("DEFUSE 3 target mismatch")
-    with pytest.raises(WriterError, match="more than one coded finding has a probability"):
+    with pytest.raises(WriterError, match="reported twice"):
         writer.write(source, liver_seg, [ImageFindings("Diagnosis", findings=[
-            CodedFinding(codes.SCT.Cyst, 0.5), CodedFinding(codes.SCT.Hemangioma, 0.5)])], algorithm, 302)
+            CodedFinding(codes.SCT.Cyst, 0.5), CodedFinding(codes.SCT.Cyst, 0.5)])], algorithm, 302)
 
 
 # --------------------------------------------------------------------------- Orthanc round trip
