@@ -129,7 +129,7 @@ class LiverOptions:
                    registration=registration, overlay=bool(overlay))
 
 
-def _weights_path(modality: str, options: LiverOptions) -> Path:
+def weights_path(modality: str, options: LiverOptions) -> Path:
     """The manifest of the model for *modality*: the site's ``weights`` option or the committed model."""
     from inference.liver.weights import default_weights
 
@@ -149,7 +149,7 @@ def _model_channels(path: Path) -> tuple[str, ...]:
         return DCE_PHASES
 
 
-def _load_segmenter(path: Path, modality: str):  # type: ignore[no-untyped-def]
+def load_segmenter(path: Path, modality: str):  # type: ignore[no-untyped-def]
     from inference.liver.weights import LiverModelError, LiverSegmenter
 
     try:
@@ -163,7 +163,7 @@ def _load_segmenter(path: Path, modality: str):  # type: ignore[no-untyped-def]
     return segmenter
 
 
-def _read_volume(source: PhaseSource, cache: dict[str, Any]) -> Volume:
+def read_phase_volume(source: PhaseSource, cache: dict[str, Any]) -> Volume:
     """The phase's volume: a 3D series, or one time point of a 4D series (read once per series)."""
     series = source.series
     try:
@@ -181,7 +181,7 @@ def _read_volume(source: PhaseSource, cache: dict[str, Any]) -> Volume:
         raise PipelineInputError(f"the {source.phase} series cannot be read as a volume: {exc}") from exc
 
 
-def _source_datasets(volume: Volume, series: SeriesInput) -> list[Dataset]:
+def source_datasets(volume: Volume, series: SeriesInput) -> list[Dataset]:
     """The reference volume's source images in slice order, for the writers to reference."""
     wanted = {ref.sop_instance_uid: k for k, ref in enumerate(volume.source_refs)}
     found: list[Dataset | None] = [None] * len(wanted)
@@ -196,7 +196,7 @@ def _source_datasets(volume: Volume, series: SeriesInput) -> list[Dataset]:
     return found  # type: ignore[return-value]
 
 
-def _register(volumes: Mapping[str, Volume], options: LiverOptions) -> RegisteredPhases:
+def register_onto_reference(volumes: Mapping[str, Volume], options: LiverOptions) -> RegisteredPhases:
     reference = REFERENCE_PHASE if REFERENCE_PHASE in volumes else next(iter(volumes))
     skip = list(volumes) if options.registration is None else []
     try:
@@ -217,8 +217,25 @@ class LiverFindings:
     def volume_ml(self, mask: np.ndarray) -> float:
         return float(np.count_nonzero(mask) * self.voxel_ml)
 
+    def masks(self) -> dict[SegmentSpec, np.ndarray]:
+        """The SEG's segments in order: 1 liver, 2 all tumours, 3… one per lesion (lesion N is segment N + 2).
 
-def _findings(probabilities: np.ndarray, spacing: Sequence[float], options: LiverOptions) -> LiverFindings:
+        The all-tumours segment is there even when empty: "no tumour, 0 ml" is a finding too.
+        """
+        masks: dict[SegmentSpec, np.ndarray] = {liver_segment(): self.liver, tumour_segment(): self.tumours}
+        for number, (mask, _) in enumerate(self.lesions, start=1):
+            masks[tumour_segment(number)] = mask
+        return masks
+
+
+def write_liver_seg(source: Sequence[Dataset], findings: LiverFindings, algorithm: AlgorithmInfo,
+                    series_number: int, description: str) -> Dataset:
+    """The SEG of :meth:`LiverFindings.masks` on the reference series *source*."""
+    return SegmentationWriter().write(list(source), findings.masks(), algorithm, series_number, description,
+                                      content_label="LIVER")
+
+
+def lesion_findings(probabilities: np.ndarray, spacing: Sequence[float], options: LiverOptions) -> LiverFindings:
     from inference.liver.postprocess import postprocess
 
     result = postprocess(probabilities, spacing, min_volume_ml=options.min_lesion_ml,
@@ -261,18 +278,18 @@ def prepare_study(study: StudyInput, settings: LiverOptions) -> PreparedStudy:
     """
     facts = [read_series_facts(s) for s in study.series if s.paths]
     modality = choose_modality(facts, settings.rules, settings.modality)
-    weights = _weights_path(modality, settings)
+    weights = weights_path(modality, settings)
     if modality == "CT":
         inputs = LiverStudyInputs("CT", {"ct": identify_ct_series(facts, settings.rules)})
     else:
         inputs = LiverStudyInputs("MR", identify_dce_phases(facts, settings.rules, phases=_model_channels(weights)))
     cache: dict[str, Any] = {}
-    volumes = {name: _read_volume(source, cache) for name, source in inputs.phases.items()}
+    volumes = {name: read_phase_volume(source, cache) for name, source in inputs.phases.items()}
     if modality == "CT":
         ct = volumes["ct"]
         return PreparedStudy("CT", inputs, "ct", ct, np.asarray(ct.array, np.float32)[np.newaxis], ("ct",), {},
                              weights)
-    registered = _register(volumes, settings)
+    registered = register_onto_reference(volumes, settings)
     return PreparedStudy("MR", inputs, registered.reference, volumes[registered.reference], registered.array,
                          registered.names, dict(registered.registrations), weights)
 
@@ -290,10 +307,10 @@ class LiverSegmentationPipeline(Pipeline):
         started = time.perf_counter()
         prepared = prepare_study(study, settings)
         read_s = time.perf_counter() - started
-        segmenter = _load_segmenter(prepared.weights, prepared.modality)
+        segmenter = load_segmenter(prepared.weights, prepared.modality)
         reference = prepared.reference
         probabilities = segmenter.segment(prepared.channels(segmenter.channels), reference.spacing)
-        findings = _findings(probabilities, reference.spacing, settings)
+        findings = lesion_findings(probabilities, reference.spacing, settings)
         del probabilities
         registrations = prepared.registrations
         log.info("liver segmented", extra={
@@ -303,7 +320,7 @@ class LiverSegmentationPipeline(Pipeline):
             "liver_ml": round(findings.volume_ml(findings.liver), 1), "lesions": len(findings.lesions),
             "read_register_s": round(read_s, 2), "total_s": round(time.perf_counter() - started, 2)})
 
-        source = _source_datasets(reference, prepared.inputs.phases[prepared.reference_name].series)
+        source = source_datasets(reference, prepared.inputs.phases[prepared.reference_name].series)
         parameters = {"model": segmenter.version, "modality": prepared.modality,
                       "min lesion": f"{settings.min_lesion_ml:g} ml, {settings.min_lesion_mm:g} mm"}
         if registrations:
@@ -314,12 +331,8 @@ class LiverSegmentationPipeline(Pipeline):
     @staticmethod
     def _outputs(source: list[Dataset], findings: LiverFindings, algorithm: AlgorithmInfo,
                  options: LiverOptions) -> list[Dataset]:
-        # The all-tumours segment is written even when empty: "no tumour, 0 ml" is a finding too.
-        masks: dict[SegmentSpec, np.ndarray] = {liver_segment(): findings.liver, tumour_segment(): findings.tumours}
-        for number, (mask, _) in enumerate(findings.lesions, start=1):
-            masks[tumour_segment(number)] = mask
-        seg = SegmentationWriter().write(source, masks, algorithm, SERIES["SEG"], "Liver segmentation research use",
-                                         content_label="LIVER")
+        seg = write_liver_seg(source, findings, algorithm, SERIES["SEG"], "Liver segmentation research use")
+        masks = findings.masks()
         liver_ml = findings.volume_ml(findings.liver)
         tumour_ml = findings.volume_ml(findings.tumours)
         groups = [SegmentFindings(1, measurements=[VolumeMeasurement(liver_ml)]),
