@@ -407,6 +407,46 @@ def synth_liver_ct(out_dir: Path, seed: int, shape: str | None, spacing: str | N
     _liver_summary(out_dir, phantom)
 
 
+@synth.command("liver-lesions")
+@click.argument("out_dir", type=click.Path(file_okay=False, path_type=Path))
+@click.option("--seed", default=0, show_default=True, type=int)
+@click.option("--kinds", default=None,
+              help="Comma-separated lesion kinds (cyst, hemangioma, fnh, other_benign, hcc, metastasis, "
+                   "other_malignant); default: random.")
+@click.option("--lesions", "n_lesions", default=None, type=int, help="Number of lesions (default: random, 0-5).")
+@click.option("--as-4d", "as_4d", is_flag=True, help="Write the four DCE phases as one 4D series.")
+@click.option("--shape", default=None, help="Z,Y,X voxels (default 32,224,224: the classifier's grid).")
+@click.option("--spacing", default=None, help="Z,Y,X mm (default 6,1.5,1.5).")
+def synth_liver_lesions(out_dir: Path, seed: int, kinds: str | None, n_lesions: int | None, as_4d: bool,
+                        shape: str | None, spacing: str | None) -> None:
+    """A six-sequence liver MR phantom (T2, DWI b 800, four DCE phases) for lesion classification, with
+    ground truth, a truth SEG and clinical.json."""
+    from inference.liver.lesion_kinds import LesionKind
+    from inference.liver.phantom import PhantomParameterError
+    from inference.liver.phantom_dicom import phantom_accession_number, write_liver_lesion_study
+
+    lesion_kinds = None
+    if kinds:
+        try:
+            lesion_kinds = [LesionKind[k.strip().upper()] for k in kinds.split(",")]
+        except KeyError as exc:
+            raise click.BadParameter(f"unknown lesion kind {exc}; kinds: "
+                                     f"{', '.join(k.name.lower() for k in LesionKind)}", param_hint="--kinds") from exc
+    try:
+        write_liver_lesion_study(out_dir, seed, lesion_kinds=lesion_kinds, n_lesions=n_lesions, as_4d=as_4d,
+                                 **_liver_geometry(shape, spacing))
+    except PhantomParameterError as exc:
+        raise click.BadParameter(str(exc)) from exc
+    truth = json.loads((out_dir / "ground_truth" / "truth.json").read_text())
+    series = sorted(p.name for p in out_dir.iterdir() if p.is_dir() and p.name != "ground_truth")
+    click.echo(f"study: {out_dir} ({len(series)} series: {', '.join(series)})")
+    click.echo(f"ground truth: {out_dir / 'ground_truth'} (labels.npz, truth.json, truth-seg.dcm, clinical.json); "
+               f"{len(truth['lesions'])} lesion(s): " + (", ".join(
+                   f"{les['kind']} {les['longest_axial_diameter_mm']:.0f} mm" for les in truth["lesions"]) or "none"))
+    click.echo(f"clinical data: pacsnode clinical put {phantom_accession_number(seed)} "
+               f"{out_dir / 'ground_truth' / 'clinical.json'}")
+
+
 @main.group()
 def train() -> None:
     """Reproduce the committed model weights from the project's simulators."""
