@@ -27,6 +27,7 @@ from inference.liver.phantom import (
 )
 from inference.liver.phantom_clinical import sample_clinical
 from inference.liver.phantom_dicom import MR_PIXEL_SCALE, write_liver_ct_study, write_liver_dce_study
+from node.clinical import ClinicalData
 from tests.dicom_validate import assert_valid_dicom
 
 COARSE = {"shape": (32, 96, 96), "spacing": (5.0, 4.0, 4.0)}
@@ -321,3 +322,13 @@ def test_cli_writes_phantom_studies(tmp_path: Path) -> None:
     assert len(list((tmp_path / "ct").glob("*/IM_*.dcm"))) == 32
     result = runner.invoke(main, ["synth", "liver-ct", str(tmp_path / "bad"), "--shape", "8,16,16"])
     assert result.exit_code != 0 and "field of view" in result.output
+    result = runner.invoke(main, ["synth", "liver-lesions", str(tmp_path / "lesions"), "--seed", "4",
+                                  "--kinds", "hcc,fnh", "--shape", "16,64,80", "--spacing", "6,4,4"])
+    assert result.exit_code == 0, result.output
+    assert len({p.parent for p in (tmp_path / "lesions").glob("*/IM_*.dcm")}) == 6  # T2, DWI, four T1 phases
+    truth = json.loads((tmp_path / "lesions" / "ground_truth" / "truth.json").read_text())
+    assert {lesion["kind"] for lesion in truth["lesions"]} <= {"hcc", "fnh"}
+    assert "pacsnode clinical put" in result.output
+    ClinicalData.parse(json.loads((tmp_path / "lesions" / "ground_truth" / "clinical.json").read_text()))
+    result = runner.invoke(main, ["synth", "liver-lesions", str(tmp_path / "bad-kind"), "--kinds", "adenoma"])
+    assert result.exit_code != 0 and "unknown lesion kind" in result.output
