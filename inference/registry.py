@@ -33,10 +33,12 @@ def register_pipeline(cls: type[Pipeline]) -> type[Pipeline]:
 
 def _builtin() -> dict[str, type[Pipeline]]:
     from inference.inventory import StudyInventoryPipeline
+    from inference.liver.classification import LiverClassificationPipeline
     from inference.liver.pipeline import LiverSegmentationPipeline
     from inference.perfusion.pipeline import PerfusionPipeline
 
-    return {cls.name: cls for cls in (StudyInventoryPipeline, PerfusionPipeline, LiverSegmentationPipeline)}
+    return {cls.name: cls for cls in (StudyInventoryPipeline, PerfusionPipeline, LiverSegmentationPipeline,
+                                         LiverClassificationPipeline)}
 
 
 def available_pipelines() -> dict[str, type[Pipeline]]:
