@@ -80,6 +80,7 @@ from inference.liver.lesion_source import (
     find_lesion_segmentation,
     lesion_masks,
     liver_mask,
+    place_on_grid,
 )
 from inference.liver.phantom import lesion_measurements
 from inference.liver.pipeline import (
@@ -239,11 +240,12 @@ def lesions_from_study_seg(study: StudyInput, found: LesionStudySequences,
         name = "seg-reference"
         volumes = {name: _series_volume(referenced), **volumes}
     reference = volumes[name]
-    masks = lesion_masks(segmentation, reference)
+    placed = place_on_grid(segmentation, reference)
+    masks = lesion_masks(segmentation, reference, placed=placed)
     images, shifts = _register(volumes, name, options.registration)
     images.pop("seg-reference", None)
     source = source_datasets(reference, referenced)
-    liver = liver_mask(segmentation, reference)
+    liver = liver_mask(segmentation, reference, placed)
     if any(lesion.part is not None for lesion in masks):
         # A site segment held several separate lesions: each gets its own segment in a SEG of ours, so the
         # report can give every lesion its own group.
