@@ -479,6 +479,16 @@ _add_liver_training_command("liver-seg-ct", "CT liver/tumour 3D U-Net")
 _add_liver_training_command("liver-seg-mr-baseline", "single-phase (portal) MR 3D U-Net baseline")
 
 
+@train.command("liver-cls", context_settings={"ignore_unknown_options": True, "allow_extra_args": True,
+                                              "help_option_names": []})
+@click.pass_context
+def train_liver_cls(ctx: click.Context) -> None:
+    """Train the liver lesion classifiers A-G (options: --seed, --cases, --epochs, --models, --out; --help for all)."""
+    from inference.liver.lesion_training import main as train_main
+
+    sys.exit(train_main(ctx.args))
+
+
 @main.group()
 def evaluate() -> None:
     """Accuracy reports of pipelines on simulated studies with known truth (research use)."""
@@ -501,6 +511,17 @@ def evaluate_perfusion(cases: int, snr: float, first_seed: int, methods: str, as
     except EvaluationError as exc:
         raise click.ClickException(str(exc)) from exc
     click.echo(json.dumps(report, indent=2) if as_json else format_report(report))
+
+
+@evaluate.command("liver-cls", context_settings={"ignore_unknown_options": True, "allow_extra_args": True,
+                                                 "help_option_names": []})
+@click.pass_context
+def evaluate_liver_cls(ctx: click.Context) -> None:
+    """The lesion classifiers A-G on held-out phantoms, as seed 003's Tables 1-4 (options: --cases, --seed,
+    --models, --json; --help for all)."""
+    from inference.liver.lesion_evaluation import main as evaluate_main
+
+    sys.exit(evaluate_main(ctx.args))
 
 
 @evaluate.command("liver-seg")
