@@ -49,7 +49,6 @@ from pydicom.uid import generate_uid
 
 from dicom_io.identity import AlgorithmInfo
 from dicom_io.registration import (
-    DEFAULT_MAX_SHIFT_MM,
     RegistrationError,
     RegistrationSettings,
     register_phases,
@@ -132,15 +131,6 @@ class ClassificationOptions:
         lesions = str(options.get("lesions", "auto")).lower()
         if lesions not in ("auto", "seg", "segment"):
             raise PipelineInputError(f"lesions {lesions!r} is not available; choose auto, seg or segment")
-        kind = str(options.get("registration", "translation")).lower()
-        if kind not in ("translation", "euler", "none"):
-            raise PipelineInputError(f"registration {kind!r} is not available; choose translation, euler or none")
-        try:
-            registration = None if kind == "none" else RegistrationSettings(
-                transform=kind,  # type: ignore[arg-type]
-                max_shift_mm=float(options.get("max_shift_mm", DEFAULT_MAX_SHIFT_MM)))
-        except (TypeError, ValueError) as exc:
-            raise PipelineInputError(f"liver-classification options: {exc}") from exc
         weights = options.get("weights") or {}
         if not isinstance(weights, Mapping):
             raise PipelineInputError('option weights must map model letters to manifests, e.g. {"A": "/m/a.json"}')
@@ -150,15 +140,16 @@ class ClassificationOptions:
         key_images = options.get("key_images", True)
         if isinstance(key_images, str):
             key_images = key_images.strip().lower() not in ("0", "false", "no", "off")
-        segmentation = {k: v for k, v in options.items() if k in ("phase_regex", "exclude_regex", "t1_regex",
-                                                                  "arterial_start_s", "portal_start_s",
-                                                                  "delayed_start_s", "min_lesion_ml")}
+        # Registration and the phase rules are parsed once, by the segmentation options, and shared.
+        shared = {k: v for k, v in options.items() if k in ("phase_regex", "exclude_regex", "t1_regex",
+                                                            "arterial_start_s", "portal_start_s", "delayed_start_s",
+                                                            "min_lesion_ml", "registration", "max_shift_mm")}
         if options.get("segmentation_weights"):
-            segmentation["weights"] = options["segmentation_weights"]
-        segmentation["registration"] = kind
-        return cls(rules=SequenceRules.from_options(options), registration=registration, lesions=lesions,
-                   weights={str(k): Path(str(v)) for k, v in weights.items()},
-                   segmentation=LiverOptions.from_options(segmentation), key_images=bool(key_images))
+            shared["weights"] = options["segmentation_weights"]
+        segmentation = LiverOptions.from_options(shared)
+        return cls(rules=SequenceRules.from_options(options), registration=segmentation.registration,
+                   lesions=lesions, weights={str(k): Path(str(v)) for k, v in weights.items()},
+                   segmentation=segmentation, key_images=bool(key_images))
 
 
 # --------------------------------------------------------------------------- clinical data
