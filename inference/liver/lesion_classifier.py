@@ -40,7 +40,7 @@ from inference.model_files import default_device, sha256_of_file
 
 __all__ = [
     "MANIFEST_FORMAT", "WEIGHTS_DIR", "LesionClassifier", "LesionModelError", "LesionPrediction",
-    "choose_models", "default_manifest",
+    "choose_models", "default_manifest", "read_manifest",
 ]
 
 log = logging.getLogger("pacsnode.inference.liver.classification")

@@ -34,7 +34,11 @@ import numpy as np
 import torch
 
 from inference import statistics as st
-from inference.liver.lesion_classifier import LesionClassifier, default_manifest
+from inference.liver.lesion_classifier import (
+    LesionClassifier,
+    LesionModelError,
+    default_manifest,
+)
 from inference.liver.lesion_kinds import LesionKind
 from inference.liver.lesion_models import (
     CLINICAL_ENCODING_VERSION,
@@ -158,14 +162,14 @@ def evaluate(manifests: Mapping[str, Path] | None = None, cases: int = DEFAULT_C
     *manifests* maps model letters to manifests (default: the committed ones, all seven).
     """
     manifests = dict(manifests) if manifests else {x: default_manifest(x) for x in MODEL_SPECS}
+    classifiers = {letter: LesionClassifier.load(path, device="cpu") for letter, path in sorted(manifests.items())}
     started = time.perf_counter()
     data = evaluation_cases(cases, first_seed, cache_dir, log)
     simulate_s = time.perf_counter() - started
     models: dict[str, Any] = {}
     probabilities: dict[str, np.ndarray] = {}
     truths: dict[str, np.ndarray] = {}
-    for letter, path in sorted(manifests.items()):
-        classifier = LesionClassifier.load(path, device="cpu")
+    for letter, classifier in classifiers.items():
         spec = classifier.spec
         targets = [target_index(spec, k) for k in data.kinds]
         covered = np.array([i for i, t in enumerate(targets) if t is not None], dtype=np.int64)
@@ -188,11 +192,11 @@ def evaluate(manifests: Mapping[str, Path] | None = None, cases: int = DEFAULT_C
                      "cases_per_kind": {k.name.lower(): int((data.kinds == k).sum()) for k in LesionKind},
                      "malignant_cases": int(sum(LesionKind(int(k)).malignant for k in data.kinds)),
                      "median_diameter_mm": float(np.median(data.diameters)),
-                     "simulation_seconds": round(simulate_s, 1)},
+                     "simulation_seconds": round(simulate_s, 1),
+                     "seconds": round(time.perf_counter() - started, 1)},
         "models": models,
         "comparisons": comparisons,
         "intended_use": "research use only; simulated data",
-        "clinical_features": len(CLINICAL_FEATURES),
     }
 
 
@@ -261,7 +265,7 @@ def format_tables(report: Mapping[str, Any]) -> str:
 def _summary(report: Mapping[str, Any], letter: str) -> dict[str, Any]:
     r = report["models"][letter]["report"]
     return {
-        "held_out_phantoms": {k: report["held_out"][k] for k in ("first_seed", "last_seed", "cases")},
+        "held_out_phantoms": {k: report["held_out"][k] for k in ("first_seed", "last_seed", "cases", "seconds")},
         "cases": r["n_cases"],
         "accuracy": r["accuracy"],
         "kappa": r["kappa"],
@@ -279,6 +283,17 @@ def record_metrics(report: Mapping[str, Any], manifests: Mapping[str, Path]) -> 
         manifest = json.loads(Path(path).read_text())
         manifest["metrics"] = _summary(report, letter)
         Path(path).write_text(json.dumps(manifest, indent=2) + "\n")
+
+
+def _timing(manifests: Mapping[str, Mapping[str, Any]]) -> str:
+    """The measured stages of the training run, from the manifests (simulation, training, evaluation)."""
+    first = next(iter(manifests.values()))
+    simulate = float(first["training"]["data"]["simulation_seconds"])
+    train = sum(float(m["training"]["training_seconds"]) for m in manifests.values())
+    evaluate_s = float((first.get("metrics") or {}).get("held_out_phantoms", {}).get("seconds", 0.0))
+    total = simulate + train + evaluate_s
+    return (f"measured on one core: simulation {simulate:.0f} s, training {train:.0f} s, evaluation "
+            f"{evaluate_s:.0f} s, {total / 60:.0f} min in all; simulation is 0 s when the patch cache is reused")
 
 
 def write_model_card(out_dir: Path, report: Mapping[str, Any]) -> Path:
@@ -333,7 +348,7 @@ def write_model_card(out_dir: Path, report: Mapping[str, Any]) -> Path:
         f"{settings['malignant_epochs']} (malignant lesions only). Seed {settings['seed']}, "
         f"{settings['threads']} thread(s), torch {first['training']['torch']}."),
         "",
-        "Reproduce (about 25 min on one core):",
+        f"Reproduce ({_timing(manifests)}):",
         "",
         "```",
         (f"pacsnode train liver-cls --seed {settings['seed']} --cases {settings['cases']} "
@@ -359,7 +374,9 @@ def write_model_card(out_dir: Path, report: Mapping[str, Any]) -> Path:
               ("* The truth lesion and liver masks are used to cut patches here; in the pipeline they come from "
               "segmentation and registration, whose errors are not in these figures."),
               ("* Clinical data are simulated conditional on the lesion kind; models F and G learn those "
-              "simulated associations. Missing clinical fields were not seen in training."),
+               "simulated associations. In training each clinical field is blanked to missing with probability "
+               f"{settings.get('clinical_dropout', 0)} so partial clinical data still work; the evaluation "
+               "gives F and G every field."),
               "* Lesions under 10 mm are not classified.",
               ""]
     path = out_dir / MODEL_CARD
@@ -385,8 +402,11 @@ def main(argv: Sequence[str] | None = None) -> int:
                  for x in letters}
     if args.seed + args.cases >= FIRST_TRAINING_SEED:
         parser.exit(2, f"pacsnode evaluate liver-cls: held-out seeds must stay below {FIRST_TRAINING_SEED}\n")
-    report = evaluate(manifests, args.cases, args.seed, args.cache,
-                      log=(lambda _m: None) if args.json else print)
+    try:
+        report = evaluate(manifests, args.cases, args.seed, args.cache,
+                          log=(lambda _m: None) if args.json else print)
+    except (LesionModelError, ValueError) as exc:
+        parser.exit(2, f"pacsnode evaluate liver-cls: {exc}\n")
     print(json.dumps(report, indent=2) if args.json else format_tables(report))
     return 0
 

@@ -41,9 +41,9 @@ from inference.liver.lesion_kinds import LesionKind
 from node.clinical import FIELDS, FLAGS
 
 __all__ = [
-    "BINARY_CLASSES", "CLINICAL_ENCODING_VERSION", "CLINICAL_FEATURES", "MALIGNANT_CLASSES", "MODEL_SPECS",
-    "SEVEN_CLASSES", "SIX", "THREE", "ClinicalEncodingError", "LesionNet", "ModelSpec", "build_network",
-    "encode_clinical", "target_index",
+    "BINARY_CLASSES", "CLINICAL_ENCODING_VERSION", "CLINICAL_FEATURES", "MALIGNANT_CLASSES", "MALIGNANT_KINDS",
+    "MODEL_SPECS", "SEVEN_CLASSES", "SIX", "TASK_CLASSES", "THREE", "ClinicalEncodingError", "LesionNet",
+    "ModelSpec", "build_network", "count_parameters", "encode_clinical", "target_index",
 ]
 
 SIX: tuple[str, ...] = ("t2", "dwi", "pre", "arterial", "portal", "delayed")
