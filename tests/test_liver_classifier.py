@@ -229,3 +229,52 @@ def test_evaluation_gives_the_seed_tables_on_held_out_cases() -> None:
     with pytest.raises(SystemExit) as exit_info:
         evaluation_main(["--seed", "9990", "--cases", "20"])
     assert exit_info.value.code == 2
+
+
+def _site_study(root: Path, type_codes: bool = True) -> Path:
+    """A six-sequence phantom study as a site would send it for training: its lesion SEG's Segmented
+    Property Types are the class codes, clinical.json beside the images."""
+    from pydicom import dcmread
+    from pydicom.sr.codedict import codes
+
+    from dicom_io.identity import AlgorithmInfo
+    from dicom_io.seg import SegmentationWriter, SegmentSpec
+    from inference.liver.phantom_dicom import write_liver_lesion_study
+
+    folder = write_liver_lesion_study(root / "study", 4, lesion_kinds=[LesionKind.CYST, LesionKind.HCC])
+    truth = json.loads((folder / "ground_truth" / "truth.json").read_text())
+    labels = np.load(folder / "ground_truth" / "labels.npz")["lesion_labels"]
+    portal = folder / truth["series"]["portal"]["folder"]
+    sources = sorted((dcmread(p) for p in portal.glob("*.dcm")), key=lambda ds: float(ds.ImagePositionPatient[2]))
+    masks = {SegmentSpec(label=f"Lesion {lesion['index']}", category=codes.SCT.MorphologicallyAbnormalStructure,
+                         type=LesionKind(lesion["kind_index"]).code if type_codes else codes.SCT.Neoplasm,
+                         tracking_id=f"Lesion {lesion['index']}"): labels == lesion["index"]
+             for lesion in truth["lesions"]}
+    seg = SegmentationWriter().write(sources, masks, AlgorithmInfo(name="site ROI", version="1"), 95, "Lesion ROI")
+    (folder / "95_roi").mkdir()
+    seg.save_as(folder / "95_roi" / "seg.dcm", enforce_file_format=True)
+    shutil.move(folder / "ground_truth" / "clinical.json", folder / "clinical.json")
+    shutil.rmtree(folder / "ground_truth")
+    return root
+
+
+def test_training_reads_a_sites_labelled_studies(tmp_path: Path) -> None:
+    from inference.liver.lesion_site_data import SiteDataError, read_site_lesions
+
+    data = _site_study(tmp_path / "site")
+    lesions, studies = read_site_lesions(data, log_line=lambda _: None)
+    assert len(studies) == 1
+    assert sorted(kind for _, kind, _, _ in lesions) == [LesionKind.CYST, LesionKind.HCC]
+    assert all(patches.shape[1:] == (7, 32, 32) for patches, _, _, _ in lesions)
+    no_data = encode_clinical(None)
+    assert all(not np.array_equal(vector, no_data) for _, _, _, vector in lesions)  # clinical.json reached it
+    out = tmp_path / "weights"
+    assert main(["--data", str(data), "--no-phantoms", "--models", "A", "--epochs", "1", "--evaluation-cases", "0",
+                 "--out", str(out)]) == 0
+    manifest = json.loads((out / "liver-cls-a-v1.json").read_text())
+    assert manifest["training"]["data"]["site_studies"] == studies and manifest["training"]["data"]["lesions"] == 2
+    unlabelled = _site_study(tmp_path / "unlabelled", type_codes=False)
+    messages: list[str] = []
+    with pytest.raises(SiteDataError, match="no usable labelled lesion"):
+        read_site_lesions(unlabelled, log_line=messages.append)
+    assert "Segmented Property Type" in messages[0] and "85057007" in messages[0]

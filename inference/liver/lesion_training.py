@@ -25,7 +25,8 @@ the same weights on the same CPU and torch build.
 Writes ``liver-cls-<letter>-v1.pt`` + ``.json`` for each model, evaluates
 them on held-out phantoms (:mod:`inference.liver.lesion_evaluation`), stores
 the figures in the manifests and writes ``LIVER_CLS_MODEL_CARD.md``.
-Site-labelled studies (``--data``) are not read yet. Research use only.
+``--data DIR`` adds a site's labelled studies (:mod:`inference.liver.lesion_site_data`),
+``--no-phantoms`` trains on them alone. Research use only.
 """
 
 from __future__ import annotations
@@ -126,6 +127,23 @@ class LesionDataset:
 
     def __len__(self) -> int:
         return len(self.kinds)
+
+    @classmethod
+    def from_lesions(cls, lesions: Sequence[tuple[np.ndarray, int, float, np.ndarray]],
+                     seed: int) -> LesionDataset:
+        """A dataset of ``(patches, class index, size feature, clinical vector)`` lesions, all with *seed*."""
+        offsets = np.cumsum([0] + [len(patches) for patches, _, _, _ in lesions]).astype(np.int64)
+        return cls(np.concatenate([patches for patches, _, _, _ in lesions]).astype(np.float16), offsets,
+                   np.asarray([kind for _, kind, _, _ in lesions], np.int64),
+                   np.asarray([size for _, _, size, _ in lesions], np.float32),
+                   np.stack([vector for _, _, _, vector in lesions]).astype(np.float32),
+                   np.full(len(lesions), seed, np.int64))
+
+    def __add__(self, other: LesionDataset) -> LesionDataset:
+        return LesionDataset(np.concatenate([self.patches, other.patches]),
+                             np.concatenate([self.offsets, other.offsets[1:] + self.offsets[-1]]),
+                             np.concatenate([self.kinds, other.kinds]), np.concatenate([self.sizes, other.sizes]),
+                             np.concatenate([self.clinical, other.clinical]), np.concatenate([self.seeds, other.seeds]))
 
 
 def phantom_lesions(phantom: Any, min_diameter_mm: float = MIN_CLASSIFIED_DIAMETER_MM
@@ -376,8 +394,14 @@ def write_model(spec: ModelSpec, network: LesionNet, record: dict[str, Any], set
 
 
 def train_models(letters: Sequence[str], out_dir: Path, settings: TrainSettings, cache_dir: Path | None,
-                 log: Callable[[str], None] = print) -> dict[str, Path]:
-    """Build (or read) the dataset and train, write and return the manifests of *letters*."""
+                 log: Callable[[str], None] = print, site_data: Path | None = None,
+                 phantoms: bool = True) -> dict[str, Path]:
+    """Build (or read) the dataset and train, write and return the manifests of *letters*.
+
+    *site_data*: a folder of the site's labelled studies
+    (:mod:`inference.liver.lesion_site_data`), added to the phantoms, or
+    used alone when *phantoms* is False.
+    """
     _check_seeds(settings.first_seed)
     unknown = [x for x in letters if x not in MODEL_SPECS]
     if unknown:
@@ -388,18 +412,27 @@ def train_models(letters: Sequence[str], out_dir: Path, settings: TrainSettings,
     torch.use_deterministic_algorithms(True)
     try:
         started = time.perf_counter()
-        dataset = build_dataset(settings.cases, settings.first_seed, cache_dir, log)
+        dataset = build_dataset(settings.cases, settings.first_seed, cache_dir, log) if phantoms else None
         simulate_s = time.perf_counter() - started
+        site_studies: list[str] = []
+        if site_data is not None:
+            from inference.liver.lesion_site_data import SITE_LESION, read_site_lesions
+
+            site_lesions, site_studies = read_site_lesions(site_data, log)
+            site = LesionDataset.from_lesions(site_lesions, SITE_LESION)
+            dataset = site if dataset is None else dataset + site
+        if dataset is None:
+            raise ValueError("no training data: give --data with the phantoms turned off")
         dataset_info = {
             "source": "liver phantom (inference.liver.phantom.simulate_liver_mr), six sequences",
             "shape_zyx": list(CLS_SHAPE), "spacing_zyx_mm": list(CLS_SPACING),
-            "phantom_seeds": [settings.first_seed, settings.first_seed + settings.cases - 1],
+            "phantom_seeds": [settings.first_seed, settings.first_seed + settings.cases - 1] if phantoms else [],
             "lesions_per_case": "1-3 of one kind, kinds cycling over the seven classes",
             "min_axial_diameter_mm": MIN_CLASSIFIED_DIAMETER_MM,
             "lesions": len(dataset), "slice_patches": len(dataset.patches),
             "lesions_per_kind": {k.name.lower(): int((dataset.kinds == k).sum()) for k in LesionKind},
             "simulation_seconds": round(simulate_s, 1),
-            "site_studies": [],
+            "site_studies": site_studies,
         }
         log(f"{len(dataset)} lesions, {len(dataset.patches)} slice patches ({simulate_s:.0f} s)")
         written = {}
@@ -429,6 +462,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=defaults.threads)
     parser.add_argument("--cache", type=Path, default=DEFAULT_CACHE, help="where simulated patches are cached")
     parser.add_argument("--no-cache", action="store_true", help="simulate without reading or writing the cache")
+    parser.add_argument("--data", type=Path, default=None,
+                        help="a folder of the site's labelled studies (six sequences + a SEG whose lesion segments' "
+                             "Segmented Property Type is the class code), added to the phantoms")
+    parser.add_argument("--no-phantoms", action="store_true", help="train on the --data studies only")
     parser.add_argument("--evaluation-cases", type=int, default=defaults.evaluation_cases,
                         help="held-out phantoms to evaluate on afterwards (0: skip evaluation and model card)")
     args = parser.parse_args(argv)
@@ -437,7 +474,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                              evaluation_cases=args.evaluation_cases)
     letters = [c for c in args.models.upper() if not c.isspace() and c != ","]
     try:
-        written = train_models(letters, args.out, settings, None if args.no_cache else args.cache)
+        written = train_models(letters, args.out, settings, None if args.no_cache else args.cache,
+                               site_data=args.data, phantoms=not args.no_phantoms)
     except (TrainingSeedError, ValueError) as exc:
         parser.exit(2, f"pacsnode train liver-cls: {exc}\n")
     if settings.evaluation_cases > 0:
