@@ -269,8 +269,8 @@ def routes(config_path: str | None, folder: Path, calling_ae: str | None) -> Non
 def run(pipeline: str, input_dir: Path, out_dir: Path, options: tuple[str, ...], clinical_file: Path | None) -> None:
     """Run one pipeline on a folder of DICOM, offline, writing results to --out."""
     from inference.base import PipelineError, SeriesInput, StudyInput
-    from node.clinical import ClinicalData, ClinicalDataError
     from inference.registry import UnknownPipelineError, get_pipeline
+    from node.clinical import ClinicalData, ClinicalDataError
     from node.jobs import encode_dataset
 
     setup_logging("INFO", json_format=False)
@@ -423,7 +423,10 @@ def synth_liver_lesions(out_dir: Path, seed: int, kinds: str | None, n_lesions: 
     ground truth, a truth SEG and clinical.json."""
     from inference.liver.lesion_kinds import LesionKind
     from inference.liver.phantom import PhantomParameterError
-    from inference.liver.phantom_dicom import phantom_accession_number, write_liver_lesion_study
+    from inference.liver.phantom_dicom import (
+        phantom_accession_number,
+        write_liver_lesion_study,
+    )
 
     lesion_kinds = None
     if kinds:

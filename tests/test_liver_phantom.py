@@ -26,7 +26,11 @@ from inference.liver.phantom import (
     simulate_liver_mr,
 )
 from inference.liver.phantom_clinical import sample_clinical
-from inference.liver.phantom_dicom import MR_PIXEL_SCALE, write_liver_ct_study, write_liver_dce_study
+from inference.liver.phantom_dicom import (
+    MR_PIXEL_SCALE,
+    write_liver_ct_study,
+    write_liver_dce_study,
+)
 from node.clinical import ClinicalData
 from tests.dicom_validate import assert_valid_dicom
 
