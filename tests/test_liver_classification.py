@@ -256,3 +256,19 @@ def test_pushed_with_storescu_then_segmented_and_classified_into_orthanc(tmp_pat
     finally:
         node.stop()
         orthanc.stop()
+
+
+def test_evaluate_runs_the_whole_pipeline_on_held_out_studies():
+    from click.testing import CliRunner
+
+    from node.cli import main
+
+    result = CliRunner().invoke(main, ["evaluate", "liver-cls", "--pipeline", "seg", "--cases", "1", "--seed", "4",
+                                       "--json"])
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.output[result.output.index("{"):])
+    assert report["seeds"] == [4] and report["lesions"] == "seg"  # seed 4's first lesion, a 27 mm cyst
+    assert report["confusion"]["counts"][LesionKind.CYST][LesionKind.CYST] == 1
+    assert report["accuracy"]["value"] == 1.0 and report["missed"] == 0
+    refused = CliRunner().invoke(main, ["evaluate", "liver-cls", "--pipeline", "seg", "--seed", "9999"])
+    assert refused.exit_code != 0

@@ -395,8 +395,25 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--cache", type=Path, default=None, help="cache the simulated held-out patches here")
     parser.add_argument("--json", action="store_true", help="print the report as JSON")
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--pipeline", choices=["seg", "segment"], default=None,
+                        help="instead of the model tables: run the whole liver-classification pipeline on held-out "
+                             "DICOM studies, lesions from the site's ROI (seg) or from its own segmentation (segment)")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
+    if args.pipeline:
+        from inference.liver.lesion_pipeline_evaluation import (
+            evaluate_pipeline,
+            format_pipeline_report,
+        )
+
+        if args.seed + 10 * args.cases >= FIRST_TRAINING_SEED:
+            parser.exit(2, f"pacsnode evaluate liver-cls: held-out seeds must stay below {FIRST_TRAINING_SEED}\n")
+        options = {"weights": {x: str(args.weights / f"{MODEL_SPECS[x].version}.json") for x in MODEL_SPECS}} \
+            if args.weights else {}
+        report = evaluate_pipeline(args.cases, args.seed, args.pipeline, options,
+                                   log=(lambda _m: None) if args.json else print)
+        print(json.dumps(report, indent=2) if args.json else format_pipeline_report(report))
+        return 0
     letters = [c for c in args.models.upper() if c in MODEL_SPECS]
     manifests = {x: (args.weights / f"{MODEL_SPECS[x].version}.json" if args.weights else default_manifest(x))
                  for x in letters}
