@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import torch
 
+from inference.model_files import sha256_of_file
 from inference.perfusion import simulation as sim
 from inference.perfusion import stnet as st
 
@@ -113,7 +114,7 @@ def test_prepare_inputs_resamples_and_normalises():
 
 def test_committed_weights_load_with_verified_hash():
     predictor = st.STNetPredictor.load(WEIGHTS, device="cpu")
-    assert predictor.manifest["weights_sha256"] == st.sha256_of_file(WEIGHTS)
+    assert predictor.manifest["weights_sha256"] == sha256_of_file(WEIGHTS)
     assert predictor.version == "stnet-v2"
     assert WEIGHTS.stat().st_size < 5_000_000
     # Loading through the manifest gives the same model.

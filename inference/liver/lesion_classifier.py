@@ -36,7 +36,7 @@ from inference.liver.lesion_models import (
     build_network,
 )
 from inference.liver.lesion_patches import LesionPatches
-from inference.model_files import default_device, sha256_of_file
+from inference.model_files import default_device, verified_weights
 
 __all__ = [
     "MANIFEST_FORMAT", "WEIGHTS_DIR", "LesionClassifier", "LesionModelError", "LesionPrediction",
@@ -158,14 +158,7 @@ class LesionClassifier:
     def load(cls, manifest_path: str | Path, device: torch.device | str | None = None) -> LesionClassifier:
         """Load a manifest and its weights; refuse weights whose sha256 is not the manifest's."""
         manifest = read_manifest(manifest_path)
-        weights = Path(manifest["_dir"]) / str(manifest["weights_file"])
-        if not weights.is_file():
-            raise LesionModelError(f"lesion classifier weights {weights} named by its manifest are missing; {_RETRAIN}")
-        actual = sha256_of_file(weights)
-        if actual != manifest["weights_sha256"]:
-            raise LesionModelError(
-                f"lesion classifier weights {weights} have sha256 {actual}, but the manifest expects "
-                f"{manifest['weights_sha256']}: the file was changed or belongs to other weights; {_RETRAIN}")
+        weights = verified_weights(manifest, "lesion classifier", _RETRAIN, LesionModelError, LesionModelError)
         try:
             network = build_network(manifest["architecture"])
             state = torch.load(weights, map_location="cpu", weights_only=True)

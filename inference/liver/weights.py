@@ -33,7 +33,7 @@ from torch import nn
 
 from inference.liver import preprocess
 from inference.liver.models import LIVER_CLASSES, ModelConfigError, build_model
-from inference.model_files import default_device, sha256_of_file
+from inference.model_files import default_device, sha256_of_file, verified_weights
 
 logger = logging.getLogger("pacsnode.inference.liver")
 
@@ -180,16 +180,9 @@ class LiverSegmenter:
     def load(cls, path: str | Path, device: torch.device | str | None = None) -> LiverSegmenter:
         """Load weights and manifest, refusing weights whose sha256 is not the manifest's."""
         manifest = read_manifest(path)
-        weights = Path(manifest["_dir"]) / str(manifest["weights_file"])
-        if not weights.is_file():
-            raise LiverWeightsMissingError(f"liver model weights {weights} named by the manifest are missing")
-        actual = sha256_of_file(weights)
-        if actual != manifest["weights_sha256"]:
-            raise LiverWeightsTamperedError(
-                f"liver model weights {weights} have sha256 {actual}, but the manifest expects "
-                f"{manifest['weights_sha256']}: the file was changed or belongs to other weights; restore it "
-                "or retrain with `pacsnode train liver-seg-mr` / `liver-seg-ct`"
-            )
+        weights = verified_weights(manifest, "liver model",
+                                   "restore it or retrain with `pacsnode train liver-seg-mr` / `liver-seg-ct`",
+                                   LiverWeightsMissingError, LiverWeightsTamperedError)
         try:
             model = build_model(str(manifest["model_kind"]), manifest["architecture"])
         except ModelConfigError as exc:

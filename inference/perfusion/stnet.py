@@ -64,7 +64,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from inference.model_files import default_device, sha256_of_file
+from inference.model_files import default_device, verified_weights
 
 #: Frames of the model's fixed time grid.
 MODEL_FRAMES = 50
@@ -571,16 +571,8 @@ class STNetPredictor:
     def load(cls, path: str | Path, device: torch.device | str | None = None) -> STNetPredictor:
         """Load weights and manifest, refusing weights whose sha256 is not the manifest's."""
         manifest = read_manifest(Path(path))
-        weights = Path(manifest["_dir"]) / manifest["weights_file"]
-        if not weights.is_file():
-            raise STNetWeightsError(f"ST-Net weights {weights} named by the manifest are missing")
-        actual = sha256_of_file(weights)
-        if actual != manifest["weights_sha256"]:
-            raise STNetWeightsError(
-                f"ST-Net weights {weights} have sha256 {actual}, but the manifest expects "
-                f"{manifest['weights_sha256']}: the file was changed or belongs to other weights; "
-                "restore it or retrain with `pacsnode train stnet`"
-            )
+        weights = verified_weights(manifest, "ST-Net", "restore it or retrain with `pacsnode train stnet`",
+                                   STNetWeightsError, STNetWeightsError)
         config = STNetConfig.from_json(manifest["architecture"])
         model = STNet(config)
         try:

@@ -32,6 +32,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from inference.model_files import sha256_of_file
 from inference.perfusion import simulation as sim
 from inference.perfusion import stnet as st
 
@@ -384,7 +385,7 @@ def _train(
     manifest = st.build_manifest(
         config,
         weights_file,
-        st.sha256_of_file(weights_path),
+        sha256_of_file(weights_path),
         model_version=model_version,
         training=training,
         metrics={"validation": {k: round(v, 4) for k, v in final.items()}, "history": history},
