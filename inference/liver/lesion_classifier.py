@@ -16,7 +16,6 @@ study's sequences and clinical data allow. Research use only; not a medical devi
 
 from __future__ import annotations
 
-import json
 import logging
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -36,7 +35,7 @@ from inference.liver.lesion_models import (
     build_network,
 )
 from inference.liver.lesion_patches import LesionPatches
-from inference.model_files import default_device, verified_weights
+from inference.model_files import default_device, read_manifest_file, verified_weights
 
 __all__ = [
     "MANIFEST_FORMAT", "WEIGHTS_DIR", "LesionClassifier", "LesionModelError", "LesionPrediction",
@@ -102,23 +101,9 @@ def choose_models(sequences_available: set[str], has_clinical: bool) -> dict[str
 
 def read_manifest(path: str | Path) -> dict[str, Any]:
     """Read and check a lesion classifier manifest (*path*: the ``.json`` or its ``.pt``)."""
-    path = Path(path)
-    manifest_file = path if path.suffix == ".json" else path.with_suffix(".json")
-    if not manifest_file.is_file():
-        raise LesionModelError(f"no lesion classifier manifest at {manifest_file}; {_RETRAIN}")
-    try:
-        manifest = json.loads(manifest_file.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise LesionModelError(f"cannot read lesion classifier manifest {manifest_file}: {exc}; {_RETRAIN}") from exc
-    if not isinstance(manifest, dict) or manifest.get("format") != MANIFEST_FORMAT:
-        found = manifest.get("format") if isinstance(manifest, dict) else type(manifest).__name__
-        raise LesionModelError(f"{manifest_file} is not a lesion classifier manifest (format {found!r})")
-    if manifest.get("format_version") != MANIFEST_FORMAT_VERSION:
-        raise LesionModelError(f"{manifest_file} has format version {manifest.get('format_version')!r}; this "
-                               f"pacsnode reads {MANIFEST_FORMAT_VERSION}: upgrade pacsnode or retrain")
-    missing = [k for k in _REQUIRED if k not in manifest]
-    if missing:
-        raise LesionModelError(f"{manifest_file} lacks {', '.join(repr(m) for m in missing)}; {_RETRAIN}")
+    manifest, manifest_file = read_manifest_file(
+        path, format_name=MANIFEST_FORMAT, format_version=MANIFEST_FORMAT_VERSION, required=_REQUIRED, what="lesion classifier",
+        fix=_RETRAIN, missing=LesionModelError, invalid=LesionModelError)
     spec = MODEL_SPECS.get(str(manifest["letter"]))
     if spec is None:
         raise LesionModelError(f"{manifest_file} names model {manifest['letter']!r}; known: {', '.join(MODEL_SPECS)}")
@@ -133,7 +118,6 @@ def read_manifest(path: str | Path) -> dict[str, Any]:
                 CLINICAL_FEATURES):
             raise LesionModelError(f"{manifest_file} was trained with clinical encoding "
                                    f"{clinical.get('encoding')!r}; this pacsnode encodes {CLINICAL_ENCODING_VERSION}")
-    manifest["_dir"] = str(manifest_file.parent)
     return manifest
 
 

@@ -33,7 +33,12 @@ from torch import nn
 
 from inference.liver import preprocess
 from inference.liver.models import LIVER_CLASSES, ModelConfigError, build_model
-from inference.model_files import default_device, sha256_of_file, verified_weights
+from inference.model_files import (
+    default_device,
+    read_manifest_file,
+    sha256_of_file,
+    verified_weights,
+)
 
 logger = logging.getLogger("pacsnode.inference.liver")
 
@@ -122,34 +127,17 @@ def build_manifest(
 
 def read_manifest(path: str | Path) -> dict[str, Any]:
     """Read and check a manifest; *path* may name the manifest (``.json``) or its weights (``.pt``)."""
-    path = Path(path)
-    manifest_file = path if path.suffix == ".json" else path.with_suffix(".json")
-    if not manifest_file.is_file():
-        raise LiverWeightsMissingError(
-            f"no liver model manifest at {manifest_file}; weights must come with the manifest written by "
-            "`pacsnode train liver-seg-mr` / `liver-seg-ct`"
-        )
-    try:
-        manifest = json.loads(manifest_file.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise LiverManifestError(f"cannot read liver model manifest {manifest_file}: {exc}") from exc
-    if not isinstance(manifest, dict) or manifest.get("format") != MANIFEST_FORMAT:
-        found = manifest.get("format") if isinstance(manifest, dict) else type(manifest).__name__
-        raise LiverManifestError(f"{manifest_file} is not a liver segmentation manifest (format {found!r})")
-    if manifest.get("format_version") != MANIFEST_FORMAT_VERSION:
-        raise LiverManifestError(
-            f"{manifest_file} has manifest format version {manifest.get('format_version')!r}; "
-            f"this pacsnode reads version {MANIFEST_FORMAT_VERSION}: upgrade pacsnode or retrain"
-        )
-    missing = [k for k in _REQUIRED if k not in manifest]
-    missing += [f"input.{k}" for k in _REQUIRED_INPUT if k not in manifest.get("input", {})]
+    manifest, manifest_file = read_manifest_file(
+        path, format_name=MANIFEST_FORMAT, format_version=MANIFEST_FORMAT_VERSION, required=_REQUIRED, what="liver model",
+        fix="weights must come with the manifest written by `pacsnode train liver-seg-mr` / `liver-seg-ct`",
+        missing=LiverWeightsMissingError, invalid=LiverManifestError)
+    missing = [f"input.{k}" for k in _REQUIRED_INPUT if k not in manifest.get("input", {})]
     if missing:
         raise LiverManifestError(f"{manifest_file} lacks {', '.join(repr(m) for m in missing)}")
     if list(manifest["classes"]) != list(LIVER_CLASSES):
         raise LiverManifestError(
             f"{manifest_file} has classes {manifest['classes']}; this pacsnode expects {list(LIVER_CLASSES)}"
         )
-    manifest["_dir"] = str(manifest_file.parent)
     return manifest
 
 

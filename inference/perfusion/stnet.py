@@ -53,7 +53,6 @@ Research use only; not a medical device.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -64,7 +63,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from inference.model_files import default_device, verified_weights
+from inference.model_files import default_device, read_manifest_file, verified_weights
 
 #: Frames of the model's fixed time grid.
 MODEL_FRAMES = 50
@@ -512,28 +511,11 @@ def manifest_path_for(weights_path: Path) -> Path:
 
 def read_manifest(path: Path) -> dict[str, Any]:
     """Read and check a manifest's format; *path* may name the manifest or its weights."""
-    path = Path(path)
-    manifest_file = path if path.suffix == ".json" else manifest_path_for(path)
-    if not manifest_file.is_file():
-        raise STNetWeightsError(
-            f"no ST-Net manifest at {manifest_file}; weights must come with the manifest "
-            "written by `pacsnode train stnet`"
-        )
-    try:
-        manifest = json.loads(manifest_file.read_text())
-    except (OSError, json.JSONDecodeError) as exc:
-        raise STNetWeightsError(f"cannot read ST-Net manifest {manifest_file}: {exc}") from exc
-    if manifest.get("format") != MANIFEST_FORMAT:
-        raise STNetWeightsError(f"{manifest_file} is not an ST-Net manifest (format {manifest.get('format')!r})")
-    if manifest.get("format_version") != MANIFEST_FORMAT_VERSION:
-        raise STNetWeightsError(
-            f"{manifest_file} has manifest format version {manifest.get('format_version')!r}; "
-            f"this pacsnode reads version {MANIFEST_FORMAT_VERSION}"
-        )
-    for key in ("weights_file", "weights_sha256", "architecture", "time_grid", "outputs"):
-        if key not in manifest:
-            raise STNetWeightsError(f"{manifest_file} lacks the {key!r} entry")
-    manifest["_dir"] = str(manifest_file.parent)
+    manifest, _ = read_manifest_file(
+        path, format_name=MANIFEST_FORMAT, format_version=MANIFEST_FORMAT_VERSION,
+        required=("weights_file", "weights_sha256", "architecture", "time_grid", "outputs"), what="ST-Net",
+        fix="weights must come with the manifest written by `pacsnode train stnet`",
+        missing=STNetWeightsError, invalid=STNetWeightsError)
     return manifest
 
 
