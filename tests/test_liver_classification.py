@@ -272,3 +272,26 @@ def test_evaluate_runs_the_whole_pipeline_on_held_out_studies():
     assert report["accuracy"]["value"] == 1.0 and report["missed"] == 0
     refused = CliRunner().invoke(main, ["evaluate", "liver-cls", "--pipeline", "seg", "--seed", "9999"])
     assert refused.exit_code != 0
+
+
+def test_a_site_segment_holding_two_lesions_gives_each_its_own_segment_and_group(study_folder, truth, tmp_path):
+    from pydicom.sr.codedict import codes as sr_codes
+
+    from dicom_io.identity import AlgorithmInfo
+    from dicom_io.seg import SegmentationWriter, SegmentSpec
+
+    folder = tmp_path / "study"
+    shutil.copytree(study_folder, folder, ignore=shutil.ignore_patterns("90_lesion_roi"))
+    labels = np.load(folder / "ground_truth" / "labels.npz")["lesion_labels"]
+    portal = folder / truth["series"]["portal"]["folder"]
+    sources = sorted((dcmread(p) for p in portal.glob("*.dcm")), key=lambda ds: float(ds.ImagePositionPatient[2]))
+    spec = SegmentSpec("Lesions", sr_codes.SCT.MorphologicallyAbnormalStructure, sr_codes.SCT.Neoplasm, "Lesions")
+    seg = SegmentationWriter().write(sources, {spec: labels > 0}, AlgorithmInfo(name="site ROI", version="1"), 95,
+                                     "Lesion ROI")
+    (folder / "95_roi").mkdir()
+    seg.save_as(folder / "95_roi" / "seg.dcm", enforce_file_format=True)
+    outputs = LiverClassificationPipeline().run(_study_input(folder), {"lesions": "seg"})
+    [ours] = [ds for ds in outputs if ds.SOPClassUID == SEG_CLASS]
+    assert int(ours.SeriesNumber) == SERIES["SEG"]
+    assert [str(s.SegmentLabel) for s in ours.SegmentSequence] == ["Liver lesion 1", "Liver lesion 2"]
+    assert sorted(_lesion_groups(_report(outputs))) == [1, 2]

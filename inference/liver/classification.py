@@ -65,7 +65,7 @@ from dicom_io.sr import (
     yes_no,
 )
 from dicom_io.volume import Volume
-from inference.base import Pipeline, PipelineInputError, SeriesInput, StudyInput
+from inference.base import Pipeline, PipelineInputError, StudyInput
 from inference.liver.lesion_kinds import (
     BENIGN_CODE,
     CLINICAL_DATA_USED,
@@ -82,6 +82,7 @@ from inference.liver.lesion_source import (
     place_on_grid,
 )
 from inference.liver.phantom import lesion_measurements
+from inference.liver.phases import DCE_PHASES, PhaseSource
 from inference.liver.pipeline import (
     LiverOptions,
     lesion_findings,
@@ -107,7 +108,6 @@ log = logging.getLogger("pacsnode.liver")
 SERIES = {"SEG": 9130, "SR": 9131, "key images": 9132}
 #: The sequence whose grid the lesions are found on when the pipeline segments them itself.
 SEGMENTATION_REFERENCE = "portal"
-DCE_PHASES = ("pre", "arterial", "portal", "delayed")
 
 
 @dataclass(frozen=True)
@@ -205,17 +205,6 @@ def _register(volumes: Mapping[str, Volume], reference: str,
     return images, {name: r.shift_mm for name, r in registered.registrations.items()}
 
 
-def _series_volume(series: SeriesInput) -> Volume:
-    from dicom_io.errors import DicomIOError
-    from dicom_io.reader import read_series
-
-    try:
-        return read_series(series.paths, skip_non_images=True)
-    except DicomIOError as exc:
-        raise PipelineInputError(f"the series {series.description!r} the SEG was drawn on cannot be read: "
-                                 f"{exc}") from exc
-
-
 def lesions_from_study_seg(study: StudyInput, found: LesionStudySequences,
                            options: ClassificationOptions) -> LesionsOnGrid | None:
     """The lesions of a SEG in the study, every sequence registered onto the series it was drawn on."""
@@ -229,7 +218,8 @@ def lesions_from_study_seg(study: StudyInput, found: LesionStudySequences,
     volumes = {n: read_phase_volume(s, cache) for n, s in found.sequences.items()}
     if name is None:  # drawn on a series that is none of the six: it is still the reference grid
         name = "seg-reference"
-        volumes = {name: _series_volume(referenced), **volumes}
+        volumes = {name: read_phase_volume(PhaseSource(name, referenced, None, "the series the SEG was drawn on"),
+                                           cache), **volumes}
     reference = volumes[name]
     placed = place_on_grid(segmentation, reference)
     masks = lesion_masks(segmentation, reference, placed=placed)
@@ -254,9 +244,8 @@ def _resegmented(name: str, reference: Volume, source: list[Dataset], masks: Seq
                               parameters={"lesions": "the site's SEG, one segment per separate lesion"})
     seg = SegmentationWriter().write(source, specs, algorithm, SERIES["SEG"], "Liver lesions research use",
                                      content_label="LESIONS")
-    first = 2 if liver is not None else 1
-    renumbered = [LesionMask(first + k, spec.label, lesion.mask)
-                  for k, (spec, lesion) in enumerate(zip(list(specs)[first - 1:], masks, strict=True))]
+    first = 2 if liver is not None else 1  # segment numbers follow the order of specs
+    renumbered = [LesionMask(first + k, tumour_segment(k + 1).label, lesion.mask) for k, lesion in enumerate(masks)]
     return LesionsOnGrid(name, reference, source, seg, True, renumbered, liver, images, shifts)
 
 
@@ -333,12 +322,11 @@ class LesionModels:
         return ", ".join(f"{task} {model.version}" for task, model in self.models.items())
 
 
-def classify_lesion(lesion: LesionMask, grid: LesionsOnGrid, models: LesionModels,
-                    clinical_vector: np.ndarray | None) -> LesionResult:
+def classify_lesion(lesion: LesionMask, volume_ml: float, diameter_mm: float, grid: LesionsOnGrid,
+                    models: LesionModels, clinical_vector: np.ndarray | None) -> LesionResult:
     from inference.liver.lesion_patches import extract_lesion_patches
 
     spacing = grid.reference.spacing
-    _, volume_ml, _, diameter_mm = lesion_measurements(lesion.mask, spacing)
     predictions: dict[str, LesionPrediction] = {}
     patches_by_sequences: dict[tuple[str, ...], LesionPatches] = {}
     for task, model in models.models.items():
@@ -426,11 +414,11 @@ class LiverClassificationPipeline(Pipeline):
         for lesion in grid.lesions:
             if not lesion.mask.any():
                 continue
-            _, _, _, diameter = lesion_measurements(lesion.mask, grid.reference.spacing)
+            _, volume_ml, _, diameter = lesion_measurements(lesion.mask, grid.reference.spacing)
             if diameter < MIN_CLASSIFIED_DIAMETER_MM:
                 skipped.append(lesion.label)
                 continue
-            results.append(classify_lesion(lesion, grid, models, vector))
+            results.append(classify_lesion(lesion, volume_ml, diameter, grid, models, vector))
         log.info("liver lesions classified", extra={
             "sequences": {n: s.reason for n, s in found.sequences.items()}, "models": models.versions(),
             "lesion_source": "segmented here" if grid.seg_is_new else "SEG in the study",
