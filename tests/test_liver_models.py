@@ -336,6 +336,53 @@ def test_training_is_seeded_and_writes_a_loadable_model(tmp_path):
     assert "Research use only" in card and "pacsnode train liver-seg-mr-baseline --seed 0 --steps 2 " in card
 
 
+def test_fine_tuning_starts_from_the_given_model_and_refuses_another_recipes(tmp_path):
+    from inference.liver import training
+
+    settings = training.TrainingSettings(steps=1, pool_size=1, refresh_every=0, evaluation_cases=0,
+                                         patch_size=(8, 32, 32), inference_patch_size=(16, 32, 32), batch_size=1)
+    training.train_liver_model("liver-seg-mr-baseline", tmp_path, settings, log=lambda _: None)
+    start = lw.LiverSegmenter.load(tmp_path / "liver-seg-mr-baseline-v1.json", device="cpu")
+    tuned_settings = training.TrainingSettings(**{**settings.__dict__, "steps": 1, "learning_rate": 0.0,
+                                                  "init_from": str(tmp_path / "liver-seg-mr-baseline-v1.json"),
+                                                  "model_version": "liver-seg-mr-baseline-v2"})
+    tuned = training.train_liver_model("liver-seg-mr-baseline", tmp_path, tuned_settings, log=lambda _: None)
+    # Learning rate 0: the fine-tuned parameters are the starting ones, so they were really loaded
+    # (normalisation running statistics still move in training mode, so they are not compared).
+    after = dict(lw.LiverSegmenter.load(tmp_path / "liver-seg-mr-baseline-v2.json", device="cpu").model.named_parameters())
+    for key, value in start.model.named_parameters():
+        assert torch.equal(value, after[key]), key
+    assert tuned["training"]["initial_weights"] == {"model_version": "liver-seg-mr-baseline-v1",
+                                                    "weights_sha256": start.manifest["weights_sha256"]}
+    card = (tmp_path / training.MODEL_CARD).read_text()
+    assert "`liver-seg-mr-baseline-v1`" in card and "`liver-seg-mr-baseline-v2`: started from" in card
+    assert f"--init {tmp_path / 'liver-seg-mr-baseline-v1.json'} --version liver-seg-mr-baseline-v2" in card
+    with pytest.raises(training.TrainingDataError, match="cannot start a liver-seg-mr training: its model_kind"):
+        training.train_liver_model("liver-seg-mr", tmp_path / "x", tuned_settings, log=lambda _: None)
+
+
+def test_lesion_balanced_crops_centre_small_lesions_as_often_as_large_ones():
+    from inference.liver import training
+
+    labels = np.ones((16, 64, 64), np.uint8)
+    labels[2:14, 4:40, 4:40] = postprocess.TUMOUR  # a large lesion: thousands of voxels
+    labels[8, 52, 52] = postprocess.TUMOUR  # a one-voxel lesion
+    marker = np.zeros((1, *labels.shape), np.float32)
+    marker[0, 8, 52, 52] = 1.0  # shows which crops hold the small lesion
+    case = training.TrainingCase("test", marker, labels)
+    assert [len(v) for v in case.lesion_voxels] == [12 * 36 * 36, 1]
+
+    def small_lesion_share(by_lesion: bool) -> float:
+        settings = training.TrainingSettings(patch_size=(4, 8, 8), tumour_crop_fraction=1.0,
+                                             crop_by_lesion=by_lesion, intensity_jitter=0.0)
+        rng = np.random.default_rng(0)
+        crops = [training.random_crop(case, settings, rng)[0] for _ in range(400)]
+        return float(np.mean([crop.max() > 0.5 for crop in crops]))
+
+    assert small_lesion_share(False) < 0.01
+    assert 0.4 < small_lesion_share(True) < 0.6
+
+
 def test_site_study_with_a_seg_is_read_onto_the_portal_grid_with_its_phases_aligned(tmp_path):
     from inference.liver import phantom as ph
     from inference.liver import training

@@ -67,6 +67,8 @@ FIRST_TRAINING_SEED = 1000
 #: The phantom channels of the DCE models, in acquisition order.
 DCE_CHANNELS = ("pre", "arterial", "portal", "delayed")
 MODEL_CARD = "LIVER_SEG_MODEL_CARD.md"
+#: The card's account of why targets are missed and what was tried (kept by hand with the weights).
+TARGET_NOTES: list[str] = []
 
 
 class TrainingDataError(ValueError):
@@ -127,6 +129,15 @@ class TrainingSettings:
     #: Cross-entropy weights of background, liver, tumour: tumour voxels are well under 1 % of a
     #: crop even when it is centred on a lesion; without the weight 700 steps learnt no tumour.
     class_weights: tuple[float, float, float] = (1.0, 1.0, 5.0)
+    #: Tumour-centred crops pick a lesion first (each equally likely), then a voxel in it, so
+    #: small lesions are seen as often as large ones; otherwise a tumour voxel is picked, and a
+    #: 40 mm lesion (hundreds of times the voxels of a 6 mm one) takes nearly every such crop.
+    crop_by_lesion: bool = False
+    #: Manifest of a model of the same recipe whose weights training starts from (fine-tuning),
+    #: e.g. the committed model before a site retrains it on its own studies.
+    init_from: str | None = None
+    #: The written model's version; the recipe's default when None.
+    model_version: str | None = None
     evaluation_cases: int = 10
     threads: int = 1
 
@@ -146,10 +157,15 @@ class TrainingCase:
     labels: np.ndarray
     tumour_voxels: np.ndarray = field(init=False)
     liver_voxels: np.ndarray = field(init=False)
+    #: The tumour voxels of each lesion (connected tumour component), for lesion-balanced crops.
+    lesion_voxels: list[np.ndarray] = field(init=False)
 
     def __post_init__(self) -> None:
         self.tumour_voxels = np.argwhere(self.labels == postprocess.TUMOUR).astype(np.int32)
         self.liver_voxels = np.argwhere(self.labels == postprocess.LIVER).astype(np.int32)
+        numbered, count = postprocess.components(self.labels == postprocess.TUMOUR, fully_connected=True)
+        owner = numbered[tuple(self.tumour_voxels.T)] if count else np.zeros(0, np.int32)
+        self.lesion_voxels = [self.tumour_voxels[owner == n] for n in range(1, count + 1)]
 
 
 def align_channels(images: np.ndarray, motion_mm: np.ndarray, spacing: Sequence[float]) -> np.ndarray:
@@ -324,7 +340,9 @@ def random_crop(case: TrainingCase, settings: TrainingSettings, rng: np.random.G
     shape = np.asarray(case.labels.shape)
     u = rng.random()
     if u < settings.tumour_crop_fraction and len(case.tumour_voxels):
-        centre = case.tumour_voxels[rng.integers(len(case.tumour_voxels))]
+        voxels = (case.lesion_voxels[rng.integers(len(case.lesion_voxels))] if settings.crop_by_lesion
+                  else case.tumour_voxels)
+        centre = voxels[rng.integers(len(voxels))]
     elif u < settings.tumour_crop_fraction + settings.liver_crop_fraction and len(case.liver_voxels):
         centre = case.liver_voxels[rng.integers(len(case.liver_voxels))]
     else:
@@ -417,6 +435,7 @@ def _train(recipe: ModelRecipe, out_dir: Path, settings: TrainingSettings, data_
     from monai.losses import DiceCELoss
 
     rng = np.random.default_rng(settings.seed)
+    start = initial_model(recipe, settings.init_from) if settings.init_from else None
     started = time.perf_counter()
     cases: list[TrainingCase] = []
     next_seed = FIRST_TRAINING_SEED
@@ -431,6 +450,11 @@ def _train(recipe: ModelRecipe, out_dir: Path, settings: TrainingSettings, data_
     log(f"{recipe.name}: {len(cases)} phantoms and {len(site)} site studies prepared in {simulate_s:.0f} s")
 
     model = build_model(recipe.model_kind, recipe.architecture)
+    initial = None
+    if start is not None:
+        model.load_state_dict(start.model.state_dict())
+        initial = {"model_version": start.version, "weights_sha256": start.manifest["weights_sha256"]}
+        log(f"{recipe.name}: starting from {initial['model_version']} (sha256 {initial['weights_sha256'][:12]}…)")
     divisor = int(getattr(model, "size_divisor", 1))
     if any(p % divisor for p in (*settings.patch_size, *settings.inference_patch_size)):
         raise ValueError(f"patch sizes {settings.patch_size}, {settings.inference_patch_size} must be multiples "
@@ -474,7 +498,8 @@ def _train(recipe: ModelRecipe, out_dir: Path, settings: TrainingSettings, data_
     train_s = time.perf_counter() - train_started
     model.eval()
 
-    weights_file = f"{recipe.model_version}.pt"
+    model_version = settings.model_version or recipe.model_version
+    weights_file = f"{model_version}.pt"
     sha = lw.save_weights(model, out_dir / weights_file)
     training = {
         "recipe": recipe.name,
@@ -482,6 +507,7 @@ def _train(recipe: ModelRecipe, out_dir: Path, settings: TrainingSettings, data_
         "settings": settings.to_json(),
         "steps_run": steps_run,
         "stopped_by_time_budget": steps_run < settings.steps,
+        "initial_weights": initial,
         "phantom_seeds": [FIRST_TRAINING_SEED, next_seed - 1] if phantoms else None,
         "site_studies": [c.source for c in site],
         "loss": f"Dice (liver and tumour, batch) + cross-entropy weighted {settings.class_weights} (MONAI DiceCELoss)",
@@ -493,7 +519,7 @@ def _train(recipe: ModelRecipe, out_dir: Path, settings: TrainingSettings, data_
         "history": history,
     }
     manifest = lw.build_manifest(
-        model_version=recipe.model_version,
+        model_version=model_version,
         model_kind=recipe.model_kind,
         architecture=config_to_json(model.config),  # type: ignore[arg-type]
         weights_file=weights_file,
@@ -505,23 +531,48 @@ def _train(recipe: ModelRecipe, out_dir: Path, settings: TrainingSettings, data_
         patch_size_zyx=settings.inference_patch_size,
         training=training,
     )
-    manifest_path = out_dir / f"{recipe.model_version}.json"
+    manifest_path = out_dir / f"{model_version}.json"
     lw.write_manifest(manifest, manifest_path)
     if settings.evaluation_cases > 0 and phantoms:
-        manifest = record_evaluation(recipe.name, out_dir, settings.evaluation_cases, log=log)
+        manifest = record_evaluation(recipe.name, out_dir, settings.evaluation_cases, log=log,
+                                     model_version=model_version)
     write_model_card(out_dir)
     log(f"{recipe.name}: wrote {manifest_path} (sha256 {sha[:12]}…)")
     return manifest
 
 
+def initial_model(recipe: ModelRecipe, manifest_path: str) -> lw.LiverSegmenter:
+    """The model at *manifest_path*, checked to be of *recipe*, for training to start from.
+
+    A model of another recipe (network, architecture, channels or modality)
+    is refused: fine-tuning would silently start from unrelated weights.
+    Loading leaves torch's random state as it was, so a run stays seeded.
+    """
+    with torch.random.fork_rng():
+        start = lw.LiverSegmenter.load(manifest_path, device="cpu")
+    architecture = start.manifest["architecture"]
+    wanted = {"model_kind": recipe.model_kind, "channels": list(recipe.channels), "modality": recipe.modality,
+              **{f"architecture {k}": v for k, v in recipe.architecture.items()}}
+    found = {"model_kind": start.manifest["model_kind"], "channels": list(start.channels), "modality": start.modality,
+             **{f"architecture {k}": architecture.get(k) for k in recipe.architecture}}
+    differs = [key for key in wanted if wanted[key] != found[key]]
+    if differs:
+        raise TrainingDataError(
+            f"{manifest_path} cannot start a {recipe.name} training: its "
+            + ", ".join(f"{key} {found[key]!r} is not {wanted[key]!r}" for key in differs)
+        )
+    return start
+
+
 def record_evaluation(name: str, out_dir: str | Path, cases: int,
-                      log: Callable[[str], None] | None = print) -> dict[str, Any]:
+                      log: Callable[[str], None] | None = print,
+                      model_version: str | None = None) -> dict[str, Any]:
     """Evaluate the written model *name* on the first *cases* held-out seeds; store the summary in its manifest.
 
     Only the manifest's ``metrics`` change (the weights and their sha256 do not).
     """
     recipe = MODEL_RECIPES[name]
-    manifest_path = Path(out_dir) / f"{recipe.model_version}.json"
+    manifest_path = Path(out_dir) / f"{model_version or recipe.model_version}.json"
     seeds = list(evaluation.EVALUATION_SEEDS)[:cases]
     t0 = time.perf_counter()
     report = evaluate_recipe(lw.LiverSegmenter.load(manifest_path, device="cpu"), recipe, seeds, log=log)
@@ -540,22 +591,26 @@ def _fmt(value: Any, digits: int = 3) -> str:
     return "n/a" if value is None else f"{value:.{digits}f}" if isinstance(value, float) else str(value)
 
 
+def _version_number(manifest: dict[str, Any]) -> int:
+    tail = str(manifest["model_version"]).rsplit("-v", 1)[-1]
+    return int(tail) if tail.isdigit() else 0
+
+
 def write_model_card(out_dir: Path) -> Path:
-    """Regenerate the model card from every liver manifest in *out_dir*."""
+    """Regenerate the model card from every liver manifest in *out_dir* (every version of each recipe)."""
     manifests = []
-    for name, recipe in MODEL_RECIPES.items():
-        path = out_dir / f"{recipe.model_version}.json"
-        if path.is_file():
-            manifests.append((name, json.loads(path.read_text())))
+    for name in MODEL_RECIPES:
+        found = [json.loads(p.read_text()) for p in sorted(out_dir.glob(f"{name}-v*.json"))]
+        manifests += [(name, m) for m in sorted(found, key=_version_number)]
     path = out_dir / MODEL_CARD
     path.write_text(model_card(manifests))
     return path
 
 
-def _target_lines(manifests: dict[str, dict[str, Any]]) -> list[str]:
-    """The card's plain statement of which targets each model meets, and 4D vs baseline."""
+def _target_lines(manifests: Sequence[tuple[str, dict[str, Any]]]) -> list[str]:
+    """The card's plain statement of which targets each model meets, and 4D vs baseline per version."""
     lines = ["", "### Against the targets", ""]
-    for name, m in manifests.items():
+    for _name, m in manifests:
         h = m.get("metrics", {}).get("held_out_phantoms")
         if not h:
             continue
@@ -567,31 +622,63 @@ def _target_lines(manifests: dict[str, dict[str, Any]]) -> list[str]:
         said = "; ".join(f"{label}: {_fmt(value)} — {'met' if value is not None and value >= goal else 'NOT met'}"
                          for label, value, goal in checks)
         lines.append(f"* `{m['model_version']}`: {said}.")
-    fused = manifests.get("liver-seg-mr", {}).get("metrics", {}).get("held_out_phantoms")
-    base = manifests.get("liver-seg-mr-baseline", {}).get("metrics", {}).get("held_out_phantoms")
-    if fused and base:
+    by_version = {m["model_version"]: m for _name, m in manifests}
+    for _name, m in manifests:
+        if _name != "liver-seg-mr":
+            continue
+        base_version = str(m["model_version"]).replace("liver-seg-mr-", "liver-seg-mr-baseline-", 1)
+        fused = m.get("metrics", {}).get("held_out_phantoms")
+        base = by_version.get(base_version, {}).get("metrics", {}).get("held_out_phantoms")
+        if not (fused and base):
+            continue
         mean_better = (fused["tumour"]["dice"] or 0) > (base["tumour"]["dice"] or 0)
         global_better = (fused["tumour"]["dice_global"] or 0) > (base["tumour"]["dice_global"] or 0)
         lines.append(
-            f"* 4D fused U-Net vs single-phase baseline on the same {fused['cases']} phantoms: tumour Dice "
+            f"* `{m['model_version']}` (4D fused U-Net) vs `{base_version}` (single-phase) on the same "
+            f"{fused['cases']} phantoms: tumour Dice "
             f"(case mean) {_fmt(fused['tumour']['dice'])} vs {_fmt(base['tumour']['dice'])} "
             f"({'4D better' if mean_better else '4D NOT better'}), pooled over all voxels "
             f"{_fmt(fused['tumour']['dice_global'])} vs {_fmt(base['tumour']['dice_global'])} "
             f"({'4D better' if global_better else '4D NOT better'}). One training seed per model and "
             f"{fused['cases']} phantoms: no significance test was made."
         )
-    lines += [
-        "* Why the tumour targets are missed: the phantom's lesions are small (median longest diameter",
-        "  ≈ 18 mm, a quarter under 10 mm: tens to a few hundred voxels at 4 × 3 × 3 mm) and the",
-        "  networks got few steps of batch 2 on one shared CPU core each ("
-        + ", ".join(f"`{m['model_version']}` {m['training']['steps_run']}" for m in manifests.values())
-        + "); the loss was still falling.",
-        "  Going from 1200 to 3000 steps raised tumour Dice on the same phantoms from 0.56 to 0.73 (4D),",
-        "  0.45 to 0.53 (baseline) and 0.45 to 0.53 (CT), and the 4D model's sensitivity for lesions",
-        "  ≥ 10 mm from 0.71 to 0.90. A first run without the tumour weight in the cross-entropy learnt no tumour at all",
-        "  in 700 steps. Longer training (`--steps`) or a GPU is the first thing to try.",
-    ]
+    lines += TARGET_NOTES
     return lines
+
+
+def _fine_tuning_lines(manifests: Sequence[tuple[str, dict[str, Any]]]) -> list[str]:
+    """One line per model that did not train from scratch with the recipe above."""
+    lines = []
+    for _name, m in manifests:
+        t = m["training"]
+        s, start = t["settings"], t.get("initial_weights")
+        if not start:
+            continue
+        crops = "lesion-balanced tumour crops (a lesion picked first, then a voxel in it), " if s.get("crop_by_lesion") else ""
+        lines.append(f"* `{m['model_version']}`: started from `{start['model_version']}` "
+                     f"(sha256 `{start['weights_sha256'][:16]}…`) and trained {t['steps_run']} more steps with "
+                     f"{crops}Adam lr {s['learning_rate']:g} with cosine decay.")
+    return ["", *lines] if lines else []
+
+
+def reproduce_command(name: str, manifest: dict[str, Any]) -> str:
+    """The ``pacsnode train`` line that rebuilds the model of *manifest* (defaults left out)."""
+    s = manifest["training"]["settings"]
+    defaults = TrainingSettings()
+    words = [f"OMP_NUM_THREADS={s['threads']} pacsnode train {name} --seed {s['seed']} --steps {s['steps']}",
+             f"--evaluation-cases {s['evaluation_cases']}"]
+    for key, flag in (("batch_size", "--batch-size"), ("pool_size", "--pool-size")):
+        if s.get(key, getattr(defaults, key)) != getattr(defaults, key):
+            words.append(f"{flag} {s[key]}")
+    if s.get("learning_rate", defaults.learning_rate) != defaults.learning_rate:
+        words.append(f"--learning-rate {s['learning_rate']:g}")
+    if s.get("crop_by_lesion"):
+        words.append("--crop-by-lesion")
+    if s.get("init_from"):
+        words.append(f"--init {s['init_from']}")
+    if s.get("model_version"):
+        words.append(f"--version {s['model_version']}")
+    return " ".join([*words, "--out inference/liver/weights"])
 
 
 def model_card(manifests: Sequence[tuple[str, dict[str, Any]]]) -> str:
@@ -652,6 +739,7 @@ def model_card(manifests: Sequence[tuple[str, dict[str, Any]]]) -> str:
             f"Adam lr {s['learning_rate']} with cosine decay.",
             "Seeded (`torch.manual_seed`, one numpy Generator), deterministic algorithms, "
             f"{s['threads']} CPU thread(s).",
+            *_fine_tuning_lines(manifests),
             "",
             "",
             "Wall time on the build machine (2 CPU cores shared with other jobs, so slower than an idle",
@@ -695,7 +783,7 @@ def model_card(manifests: Sequence[tuple[str, dict[str, Any]]]) -> str:
             f"{_fmt(tu['recall'])} | {_fmt(le['sensitivity'])} ({le['detected']}/{le['count']}) | "
             f"{_fmt(le['sensitivity_ge_10mm'])} (of {le['count_ge_10mm']}) | {_fmt(le['false_positives_per_case'], 2)} |"
         )
-    lines += _target_lines(dict(manifests))
+    lines += _target_lines(manifests)
     lines += [
         "",
         "## Limits",
@@ -713,9 +801,7 @@ def model_card(manifests: Sequence[tuple[str, dict[str, Any]]]) -> str:
         "```",
     ]
     for name, m in manifests:
-        s = m["training"]["settings"]
-        lines.append(f"OMP_NUM_THREADS={s['threads']} pacsnode train {name} --seed {s['seed']} --steps {s['steps']} "
-                     f"--evaluation-cases {s['evaluation_cases']} --out inference/liver/weights")
+        lines.append(reproduce_command(name, m))
     lines += [
         "# equivalently: python -m inference.liver.training liver-seg-mr --seed 0 ...",
         "```",
@@ -746,6 +832,13 @@ def main(argv: Sequence[str] | None = None, name: str | None = None) -> int:
     parser.add_argument("--evaluation-cases", type=int, default=defaults.evaluation_cases,
                         help="held-out phantoms (seeds 0…) to evaluate on afterwards")
     parser.add_argument("--threads", type=int, default=defaults.threads)
+    parser.add_argument("--learning-rate", type=float, default=defaults.learning_rate)
+    parser.add_argument("--crop-by-lesion", action="store_true",
+                        help="tumour-centred crops pick a lesion first, so small lesions are seen as often as large")
+    parser.add_argument("--init", default=None, metavar="MANIFEST",
+                        help="start from this model's weights (same recipe), e.g. to fine-tune on site studies")
+    parser.add_argument("--version", default=None,
+                        help="model version of the written files (default: the recipe's, e.g. liver-seg-mr-v1)")
     parser.add_argument("--data", type=Path, default=None,
                         help="folder of labelled site studies (one subfolder per study: series + SEG)")
     parser.add_argument("--no-phantoms", action="store_true", help="train on the --data studies only")
@@ -754,14 +847,19 @@ def main(argv: Sequence[str] | None = None, name: str | None = None) -> int:
     args = parser.parse_args(argv)
     if args.evaluate_only:
         torch.set_num_threads(args.threads)
-        record_evaluation(name or args.name, args.out, args.evaluation_cases)
+        record_evaluation(name or args.name, args.out, args.evaluation_cases, model_version=args.version)
         write_model_card(Path(args.out))
         return 0
     settings = TrainingSettings(
         seed=args.seed, steps=args.steps, minutes=args.minutes, batch_size=args.batch_size,
         pool_size=args.pool_size, evaluation_cases=args.evaluation_cases, threads=args.threads,
+        learning_rate=args.learning_rate, crop_by_lesion=args.crop_by_lesion, init_from=args.init,
+        model_version=args.version,
     )
-    train_liver_model(name or args.name, args.out, settings, data_dir=args.data, phantoms=not args.no_phantoms)
+    try:
+        train_liver_model(name or args.name, args.out, settings, data_dir=args.data, phantoms=not args.no_phantoms)
+    except (TrainingDataError, lw.LiverModelError) as exc:
+        parser.exit(2, f"{parser.prog}: {exc}\n")
     return 0
 
 
