@@ -297,6 +297,12 @@ def test_lesion_detection_counts_detections_and_false_positives():
     assert summary["sensitivity"] == pytest.approx(2 / 3, abs=1e-3)
     assert summary["sensitivity_ge_10mm"] == 1.0
     assert summary["false_positives_per_case"] == 1.0
+    bands = summary["by_size"]
+    assert bands["under 10 mm"] == {"count": 1, "detected": 0, "sensitivity": 0.0, "dice_detected": None}
+    assert bands["10-20 mm"]["count"] == 0 and bands["10-20 mm"]["sensitivity"] is None
+    assert bands["20 mm and over"]["count"] == 2 and bands["20 mm and over"]["sensitivity"] == 1.0
+    dice_large = (matches[0].best_dice + matches[2].best_dice) / 2
+    assert bands["20 mm and over"]["dice_detected"] == pytest.approx(dice_large, abs=1e-4)
 
 
 # --------------------------------------------------------------------------- committed weights

@@ -94,14 +94,17 @@ def format_comparison(report: dict[str, Any]) -> str:
     for metric in ("count", "detected", "sensitivity", "count_ge_10mm", "sensitivity_ge_10mm",
                    "false_positives_per_case"):
         rows.append((f"lesions {metric}", [s["lesions"][metric] for s in summaries]))
+    for band in summaries[0]["lesions"]["by_size"]:
+        for metric in ("count", "sensitivity", "dice_detected"):
+            rows.append((f"lesions {band} {metric}", [s["lesions"]["by_size"][band][metric] for s in summaries]))
     rows.append(("seconds", [report["models"][label]["seconds"] for label in labels]))
     headers = [f"{label} ({report['models'][label]['model']})" for label in labels]
     width = max(len(h) for h in headers) + 2
     seeds = report["seeds"]
     lines = [(f"liver-seg on {len(seeds)} held-out {report['modality']} phantoms (seeds {seeds[0]}–{seeds[-1]}); "
               "research use only"),
-             f"{'metric':<28}" + "".join(f"{h:>{width}}" for h in headers)]
-    lines += [f"{name:<28}" + "".join(f"{_fmt(v):>{width}}" for v in values) for name, values in rows]
+             f"{'metric':<36}" + "".join(f"{h:>{width}}" for h in headers)]
+    lines += [f"{name:<36}" + "".join(f"{_fmt(v):>{width}}" for v in values) for name, values in rows]
     targets = report["targets"]
     lines.append(f"targets: liver Dice ≥ {targets['liver_dice']}, tumour Dice ≥ {targets['tumour_dice']}, "
                  f"sensitivity for lesions ≥ 10 mm ≥ {targets['sensitivity_ge_10mm']}")

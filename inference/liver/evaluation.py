@@ -38,6 +38,10 @@ logger = logging.getLogger("pacsnode.inference.liver")
 
 #: Lesions at least this long (mm) count towards the "≥ 10 mm" sensitivity.
 LARGE_LESION_MM = 10.0
+#: Size bands (mm, longest diameter) of the per-size detection and delineation figures.
+SIZE_BANDS: tuple[tuple[str, float, float], ...] = (
+    ("under 10 mm", 0.0, 10.0), ("10-20 mm", 10.0, 20.0), ("20 mm and over", 20.0, float("inf")),
+)
 #: A predicted component detects a true lesion above this Dice (or with its centre inside).
 DETECTION_DICE = 0.1
 #: Held-out evaluation seeds: 0 … 99 (training uses seeds from 1000 on).
@@ -219,8 +223,26 @@ def summarise(cases: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
         "count_ge_10mm": len(large),
         "sensitivity_ge_10mm": round(sum(m["detected"] for m in large) / len(large), 4) if large else None,
         "false_positives_per_case": round(sum(c["false_positives"] for c in cases) / len(cases), 3) if cases else None,
+        "by_size": {name: _band(lesions, low, high) for name, low, high in SIZE_BANDS},
     }
     return summary
+
+
+def _band(lesions: Sequence[Mapping[str, Any]], low: float, high: float) -> dict[str, Any]:
+    """Detection and delineation of the true lesions with low ≤ longest diameter < high.
+
+    ``dice_detected`` is the mean Dice of each detected lesion with its best
+    predicted component: how well found lesions are outlined, apart from
+    whether small ones are found at all.
+    """
+    band = [m for m in lesions if low <= m["longest_diameter_mm"] < high]
+    found = [m for m in band if m["detected"]]
+    return {
+        "count": len(band),
+        "detected": len(found),
+        "sensitivity": round(len(found) / len(band), 4) if band else None,
+        "dice_detected": round(float(np.mean([m["best_dice"] for m in found])), 4) if found else None,
+    }
 
 
 def evaluate_case(
@@ -282,6 +304,7 @@ __all__ = [
     "EVALUATION_SEEDS",
     "LARGE_LESION_MM",
     "LesionMatch",
+    "SIZE_BANDS",
     "class_masks",
     "dice",
     "evaluate_case",
