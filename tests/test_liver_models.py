@@ -305,6 +305,29 @@ def test_lesion_detection_counts_detections_and_false_positives():
     assert bands["20 mm and over"]["dice_detected"] == pytest.approx(dice_large, abs=1e-4)
 
 
+def test_conspicuity_tells_a_lesion_the_images_show_from_one_they_do_not():
+    rng = np.random.default_rng(0)
+    labels = np.ones((12, 40, 40), np.uint8)
+    lesions = np.zeros(labels.shape, np.int16)
+    lesions[4:8, 5:12, 5:12] = 1  # 30 units darker than the liver: shown
+    lesions[4:8, 25:32, 25:32] = 2  # same mean as the liver: not shown
+    labels[lesions > 0] = postprocess.TUMOUR
+    portal = 100 + rng.normal(0, 10, labels.shape).astype(np.float32)
+    portal[lesions == 1] -= 30
+    arterial = 100 + rng.normal(0, 10, labels.shape).astype(np.float32)
+    arterial[lesions == 2] += 40  # ... unless a second phase shows it (hyper-enhancing)
+    cnr = ev.lesion_contrast_to_noise(portal[None], labels, lesions)
+    assert cnr[1] == pytest.approx(3.0, rel=0.2) and cnr[2] < 0.5
+    both = ev.lesion_contrast_to_noise(np.stack([portal, arterial]), labels, lesions)
+    assert both[1] == pytest.approx(cnr[1]) and both[2] == pytest.approx(4.0, rel=0.2)
+    matches, _ = ev.lesion_detection(np.where(lesions == 1, 1, 0), lesions, {1: 21.0, 2: 21.0}, cnr)
+    cases = [{"metrics": ev.segmentation_metrics(labels, labels, (1, 1, 1)),
+              "lesions": [m.__dict__ for m in matches], "false_positives": 0}]
+    summary = ev.summarise(cases)["lesions"]
+    assert summary["sensitivity_ge_10mm"] == 0.5
+    assert summary["count_ge_10mm_conspicuous"] == 1 and summary["sensitivity_ge_10mm_conspicuous"] == 1.0
+
+
 # --------------------------------------------------------------------------- committed weights
 
 

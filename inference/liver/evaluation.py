@@ -12,7 +12,14 @@ The metrics are seed 002's and LiTS's:
   overlaps it with Dice > 0.1 or has its centre inside it; a predicted
   component touching no true lesion is a **false positive**. Sensitivity is
   reported over all lesions and over lesions with a longest diameter ≥ 10 mm
-  (the issue's target), with false positives per case.
+  (the issue's target), with false positives per case, and per size band.
+* per lesion, when the model's input images are given — its **conspicuity**:
+  the largest, over the input channels, of |mean inside − mean of a 2-voxel
+  ring of liver around it| / standard deviation of that ring. A lesion under
+  :data:`CONSPICUOUS_CNR` barely differs from the liver around it in every
+  image the model sees (an FNH or a filled-in haemangioma on portal-venous
+  CT); the "conspicuous" sensitivity separates what the images do not show
+  from what the model misses.
 
 :func:`evaluate_on_phantoms` runs a model on held-out simulator seeds
 (disjoint from the training seeds, see :mod:`inference.liver.training`) and
@@ -38,6 +45,8 @@ logger = logging.getLogger("pacsnode.inference.liver")
 
 #: Lesions at least this long (mm) count towards the "≥ 10 mm" sensitivity.
 LARGE_LESION_MM = 10.0
+#: Contrast-to-noise ratio below which a lesion counts as not conspicuous in the model's input.
+CONSPICUOUS_CNR = 1.0
 #: Size bands (mm, longest diameter) of the per-size detection and delineation figures.
 SIZE_BANDS: tuple[tuple[str, float, float], ...] = (
     ("under 10 mm", 0.0, 10.0), ("10-20 mm", 10.0, 20.0), ("20 mm and over", 20.0, float("inf")),
@@ -142,12 +151,50 @@ class LesionMatch:
     longest_diameter_mm: float
     detected: bool
     best_dice: float
+    #: Largest contrast-to-noise ratio over the model's input channels; None when not measured.
+    contrast_to_noise: float | None = None
+
+
+def lesion_contrast_to_noise(images: np.ndarray, truth_labels: np.ndarray,
+                             truth_lesion_labels: np.ndarray) -> dict[int, float]:
+    """Each true lesion's conspicuity in *images* ``[P, z, y, x]`` (module docstring), by lesion index.
+
+    The ring is the liver (label 1) within two voxels of the lesion but not
+    touching it, so partial-volume voxels at the edge do not count as liver.
+    A lesion with no liver around it gets NaN.
+    """
+    from scipy import ndimage
+
+    images = np.asarray(images, np.float32)
+    if images.ndim == 3:
+        images = images[None]
+    liver = np.asarray(truth_labels) == 1
+    lesions = np.asarray(truth_lesion_labels)
+    out: dict[int, float] = {}
+    for index, box in enumerate(ndimage.find_objects(lesions), start=1):
+        if box is None:
+            continue
+        grown = tuple(slice(max(b.start - 3, 0), b.stop + 3) for b in box)
+        mask = lesions[grown] == index
+        near = ndimage.binary_dilation(mask, iterations=3) & ~ndimage.binary_dilation(mask, iterations=1)
+        ring = near & liver[grown]
+        if not ring.any():
+            out[index] = float("nan")
+            continue
+        values = []
+        for channel in images:
+            crop = channel[grown]
+            spread = float(crop[ring].std())
+            values.append(abs(float(crop[mask].mean() - crop[ring].mean())) / spread if spread > 0 else float("inf"))
+        out[index] = max(values)
+    return out
 
 
 def lesion_detection(
     pred_lesion_labels: np.ndarray,
     truth_lesion_labels: np.ndarray,
     truth_diameters_mm: Mapping[int, float],
+    contrast_to_noise: Mapping[int, float] | None = None,
 ) -> tuple[list[LesionMatch], int]:
     """Match predicted lesion components to true lesions: (one match per true lesion, false positives).
 
@@ -182,7 +229,9 @@ def lesion_detection(
             best = max(best, d)
             detected = detected or d > DETECTION_DICE or centre_inside
         diameter = float(truth_diameters_mm.get(index, float("nan")))
-        matches.append(LesionMatch(index=index, longest_diameter_mm=diameter, detected=detected, best_dice=best))
+        cnr = None if contrast_to_noise is None else contrast_to_noise.get(index)
+        matches.append(LesionMatch(index=index, longest_diameter_mm=diameter, detected=detected, best_dice=best,
+                                   contrast_to_noise=None if cnr is None else round(float(cnr), 3)))
     false_positives = sum(1 for p in range(1, n_pred + 1) if pred_sizes[p] > 0 and p not in touched)
     return matches, int(false_positives)
 
@@ -225,6 +274,11 @@ def summarise(cases: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
         "false_positives_per_case": round(sum(c["false_positives"] for c in cases) / len(cases), 3) if cases else None,
         "by_size": {name: _band(lesions, low, high) for name, low, high in SIZE_BANDS},
     }
+    if lesions and all(m.get("contrast_to_noise") is not None for m in lesions):
+        shown = [m for m in large if m["contrast_to_noise"] >= CONSPICUOUS_CNR]
+        summary["lesions"]["count_ge_10mm_conspicuous"] = len(shown)
+        summary["lesions"]["sensitivity_ge_10mm_conspicuous"] = (
+            round(sum(m["detected"] for m in shown) / len(shown), 4) if shown else None)
     return summary
 
 
@@ -251,10 +305,18 @@ def evaluate_case(
     truth_lesion_labels: np.ndarray,
     truth_diameters_mm: Mapping[int, float],
     spacing: Sequence[float],
+    input_images: np.ndarray | None = None,
 ) -> dict[str, Any]:
-    """One case's metrics: per-class voxel metrics, lesion matches and false positives."""
+    """One case's metrics: per-class voxel metrics, lesion matches and false positives.
+
+    *input_images* (the model's input channels on the truth grid, aligned)
+    adds each lesion's conspicuity.
+    """
     metrics = segmentation_metrics(segmentation.labels, truth_labels, spacing)
-    matches, false_positives = lesion_detection(segmentation.lesion_labels, truth_lesion_labels, truth_diameters_mm)
+    cnr = (None if input_images is None
+           else lesion_contrast_to_noise(input_images, truth_labels, truth_lesion_labels))
+    matches, false_positives = lesion_detection(segmentation.lesion_labels, truth_lesion_labels, truth_diameters_mm,
+                                                cnr)
     return {
         "metrics": metrics,
         "lesions": [m.__dict__ for m in matches],
@@ -269,12 +331,15 @@ def evaluate_on_phantoms(
     seeds: Iterable[int] = EVALUATION_SEEDS,
     *,
     log: Callable[[str], None] | None = None,
+    input_images: Callable[[Any], np.ndarray] | None = None,
 ) -> dict[str, Any]:
     """Run *segment* on the phantom ``simulate(seed)`` of every seed and score it against its truth.
 
     *simulate* returns an :class:`inference.liver.phantom.LiverPhantom`;
     *segment* turns one into a :class:`~inference.liver.postprocess.Segmentation`
-    on the phantom's grid (see :func:`inference.liver.training.phantom_segmenter`).
+    on the phantom's grid (see :func:`inference.liver.training.phantom_segmenter`);
+    *input_images*, when given, returns the model's input channels aligned on
+    the truth grid, for each lesion's conspicuity.
     """
     cases = []
     started = time.perf_counter()
@@ -284,7 +349,8 @@ def evaluate_on_phantoms(
         segmentation = segment(phantom)
         seconds = time.perf_counter() - t0
         diameters = {lesion.index: lesion.longest_diameter_mm for lesion in phantom.lesions}
-        case = evaluate_case(segmentation, phantom.labels, phantom.lesion_labels, diameters, phantom.spacing)
+        case = evaluate_case(segmentation, phantom.labels, phantom.lesion_labels, diameters, phantom.spacing,
+                             input_images(phantom) if input_images else None)
         case["seed"] = int(seed)
         case["seconds"] = round(seconds, 2)
         cases.append(case)
@@ -300,6 +366,7 @@ def evaluate_on_phantoms(
 
 
 __all__ = [
+    "CONSPICUOUS_CNR",
     "DETECTION_DICE",
     "EVALUATION_SEEDS",
     "LARGE_LESION_MM",
@@ -311,6 +378,7 @@ __all__ = [
     "evaluate_on_phantoms",
     "hd95",
     "iou",
+    "lesion_contrast_to_noise",
     "lesion_detection",
     "mask_metrics",
     "segmentation_metrics",

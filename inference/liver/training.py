@@ -30,7 +30,11 @@ loss (MONAI ``DiceCELoss``, batch Dice); Adam with a cosine learning-rate decay
 over the planned steps. ``torch.manual_seed``, one ``numpy`` Generator, fixed
 threads and deterministic algorithms make a run reproducible for a seed on the
 same CPU and torch build. ``--minutes`` stops early between steps (recorded,
-since it makes the result depend on the machine's speed).
+since it makes the result depend on the machine's speed). ``--crop-by-lesion``
+picks a lesion before a voxel for the tumour-centred crops, so small lesions
+are trained on as often as large ones. ``--init MANIFEST`` starts from a model
+of the same recipe (fine-tuning: a site adapting the committed model to its
+studies, or a longer training continued); the manifest records which.
 
 :func:`train_liver_model` writes ``<version>.pt``, ``<version>.json`` (manifest
 with sha256, recipe and held-out metrics) and regenerates
@@ -391,7 +395,8 @@ def evaluate_recipe(segmenter: lw.LiverSegmenter, recipe: ModelRecipe, seeds: Se
     if overlap:
         raise ValueError(f"evaluation seeds {sorted(overlap)[:5]}… are training seeds")
     return evaluation.evaluate_on_phantoms(
-        phantom_segmenter(segmenter, recipe), lambda s: simulate_phantom(recipe, s), seeds, log=log
+        phantom_segmenter(segmenter, recipe), lambda s: simulate_phantom(recipe, s), seeds, log=log,
+        input_images=lambda phantom: phantom_channels(recipe, phantom),
     )
 
 
