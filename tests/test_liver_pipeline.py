@@ -30,14 +30,15 @@ from inference.liver.pipeline import (
     LiverSegmentationPipeline,
     prepare_study,
 )
+from inference.liver.weights import default_weights
 from tests.dicom_factories import make_ct_datasets, make_mr_datasets, write_series
 from tests.dicom_validate import assert_valid_dicom
 
 SEG_CLASS = "1.2.840.10008.5.1.4.1.1.66.4"
 SR_CLASS = "1.2.840.10008.5.1.4.1.1.88.33"
 SC_CLASS = "1.2.840.10008.5.1.4.1.1.7"
-MR_WEIGHTS = Path(__file__).resolve().parents[1] / "inference" / "liver" / "weights" / "liver-seg-mr-v1.json"
-CT_WEIGHTS = Path(__file__).resolve().parents[1] / "inference" / "liver" / "weights" / "liver-seg-ct-v1.json"
+MR_WEIGHTS = default_weights("mr")
+CT_WEIGHTS = default_weights("ct")
 
 
 def _tm(seconds: float) -> str:
