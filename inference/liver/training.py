@@ -758,6 +758,10 @@ def model_card(manifests: Sequence[tuple[str, dict[str, Any]]]) -> str:
         lines.append(f"| `{m['model_version']}` | {m['training']['description']} | "
                      f"{', '.join(m['input']['channels'])} ({m['input']['modality']}) | "
                      f"{m['training']['parameters']:,} | `{m['weights_sha256'][:16]}…` |")
+    if len(manifests) > len(MODEL_RECIPES):
+        defaults = ", ".join(f"`{v}`" for v in lw.DEFAULT_MODELS.values())
+        lines += ["", f"The pipeline uses {defaults} unless a route names other weights; the earlier versions",
+                  "stay because each later one was trained starting from them (see Reproduce)."]
     first = manifests[0][1] if manifests else None
     if first:
         s = first["training"]["settings"]
