@@ -14,8 +14,8 @@ The metrics are seed 002's and LiTS's:
   reported over all lesions and over lesions with a longest diameter ≥ 10 mm
   (the issue's target), with false positives per case, and per size band.
 * per lesion, when the model's input images are given — its **conspicuity**:
-  the largest, over the input channels, of |mean inside − mean of a 2-voxel
-  ring of liver around it| / standard deviation of that ring. A lesion under
+  the largest, over the input channels, of |mean inside − mean of the liver
+  2–3 voxels around it| / standard deviation of that liver. A lesion under
   :data:`CONSPICUOUS_CNR` barely differs from the liver around it in every
   image the model sees (an FNH or a filled-in haemangioma on portal-venous
   CT); the "conspicuous" sensitivity separates what the images do not show
@@ -159,9 +159,9 @@ def lesion_contrast_to_noise(images: np.ndarray, truth_labels: np.ndarray,
                              truth_lesion_labels: np.ndarray) -> dict[int, float]:
     """Each true lesion's conspicuity in *images* ``[P, z, y, x]`` (module docstring), by lesion index.
 
-    The ring is the liver (label 1) within two voxels of the lesion but not
-    touching it, so partial-volume voxels at the edge do not count as liver.
-    A lesion with no liver around it gets NaN.
+    The ring is the liver (label 1) two to three voxels from the lesion: the
+    voxels touching it are left out, so partial-volume edge voxels do not
+    count as liver. A lesion with no liver around it is left out (not measured).
     """
     from scipy import ndimage
 
@@ -179,7 +179,6 @@ def lesion_contrast_to_noise(images: np.ndarray, truth_labels: np.ndarray,
         near = ndimage.binary_dilation(mask, iterations=3) & ~ndimage.binary_dilation(mask, iterations=1)
         ring = near & liver[grown]
         if not ring.any():
-            out[index] = float("nan")
             continue
         values = []
         for channel in images:
@@ -274,8 +273,8 @@ def summarise(cases: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
         "false_positives_per_case": round(sum(c["false_positives"] for c in cases) / len(cases), 3) if cases else None,
         "by_size": {name: _band(lesions, low, high) for name, low, high in SIZE_BANDS},
     }
-    if lesions and all(m.get("contrast_to_noise") is not None for m in lesions):
-        shown = [m for m in large if m["contrast_to_noise"] >= CONSPICUOUS_CNR]
+    if any(m.get("contrast_to_noise") is not None for m in lesions):
+        shown = [m for m in large if (m.get("contrast_to_noise") or 0.0) >= CONSPICUOUS_CNR]
         summary["lesions"]["count_ge_10mm_conspicuous"] = len(shown)
         summary["lesions"]["sensitivity_ge_10mm_conspicuous"] = (
             round(sum(m["detected"] for m in shown) / len(shown), 4) if shown else None)
