@@ -649,8 +649,8 @@ def _target_lines(manifests: Sequence[tuple[str, dict[str, Any]]]) -> list[str]:
                          for label, value, goal in checks)
         lines.append(f"* `{m['model_version']}`: {said}.")
     by_version = {m["model_version"]: m for _name, m in manifests}
-    for _name, m in manifests:
-        if _name != "liver-seg-mr":
+    for name, m in manifests:
+        if name != "liver-seg-mr":
             continue
         base_version = str(m["model_version"]).replace("liver-seg-mr-", "liver-seg-mr-baseline-", 1)
         fused = m.get("metrics", {}).get("held_out_phantoms")
