@@ -42,15 +42,6 @@ def phantom_channels(phantom: Any, channels: Sequence[str], register: bool = Tru
     return np.stack([np.asarray(phantom.images[phantom.channels.index(c)], np.float32) for c in channels])
 
 
-def aligned_input(phantom: Any, channels: Sequence[str]) -> np.ndarray:
-    """The phantom's *channels* with their known motion undone: what the model sees, on the truth grid."""
-    from inference.liver.training import align_channels
-
-    picked = [phantom.channels.index(c) for c in channels]
-    motion = np.asarray(phantom.motion_mm, np.float64)[picked]
-    return align_channels(np.asarray(phantom.images, np.float32)[picked], motion, phantom.spacing)
-
-
 def model_segmenter(weights: str | Path,
                     register: bool = True) -> tuple[str, tuple[str, ...], Callable[[Any], Any]]:
     """The model's version, its input channels and a function phantom → post-processed segmentation."""
@@ -71,6 +62,7 @@ def compare_models(modality: str, cases: int, first_seed: int, models: dict[str,
     """Each of *models* (label → manifest) evaluated on the same ``cases`` phantoms from ``first_seed``."""
     from inference.liver.evaluation import EVALUATION_SEEDS, evaluate_on_phantoms
     from inference.liver.phantom import simulate_liver_ct, simulate_liver_mr
+    from inference.liver.training import aligned_phantom_channels
 
     seeds = list(range(first_seed, first_seed + cases))
     held_out = set(EVALUATION_SEEDS)
@@ -85,7 +77,7 @@ def compare_models(modality: str, cases: int, first_seed: int, models: dict[str,
         if log:
             log(f"{label}: {version}")
         result = evaluate_on_phantoms(segment, simulate, seeds, log=log,
-                                      input_images=lambda phantom, c=channels: aligned_input(phantom, c))
+                                      input_images=lambda phantom, c=channels: aligned_phantom_channels(phantom, c))
         report["models"][label] = {"model": version, "weights": str(weights), **result}
     return report
 

@@ -206,13 +206,18 @@ def simulate_phantom(recipe: ModelRecipe, seed: int) -> Any:
 
 def phantom_channels(recipe: ModelRecipe, phantom: Any) -> np.ndarray:
     """The recipe's channels of a phantom, in order, aligned onto the reference grid."""
+    return aligned_phantom_channels(phantom, recipe.channels)
+
+
+def aligned_phantom_channels(phantom: Any, channels: Sequence[str]) -> np.ndarray:
+    """The phantom's *channels*, in order, with their known motion undone (on the truth grid)."""
     images = np.asarray(phantom.images, dtype=np.float32)
     motion = np.asarray(getattr(phantom, "motion_mm", np.zeros((len(images), 3))), dtype=np.float64)
     names = list(phantom.channels)
-    missing = [c for c in recipe.channels if c not in names]
+    missing = [c for c in channels if c not in names]
     if missing:
         raise TrainingDataError(f"the phantom has channels {names}, the model needs {missing}")
-    picked = [names.index(c) for c in recipe.channels]
+    picked = [names.index(c) for c in channels]
     return align_channels(images[picked], motion[picked], phantom.spacing)
 
 
