@@ -76,14 +76,10 @@ def write_studies(root: Path, which: list[str], seed: int) -> dict[str, Path]:
 
 def study_input(folder: Path):  # type: ignore[no-untyped-def]
     """The study as the node would hand it over: every image series, the ground truth left out."""
-    from dicom_io.study import group_study
-    from inference.base import SeriesInput, StudyInput
+    from inference.base import studies_from_files
 
-    paths = [p for p in folder.rglob("*.dcm") if "ground_truth" not in p.parts]
-    summaries = list(group_study(paths).values())
-    series = tuple(SeriesInput(s.series_uid, s.modality, s.series_description, s.series_number, s.paths)
-                   for s in summaries)
-    return StudyInput(str(summaries[0].study_uid), series)
+    [study] = studies_from_files(p for p in folder.rglob("*.dcm") if "ground_truth" not in p.parts).values()
+    return study
 
 
 def peak_rss_bytes() -> int:

@@ -12,7 +12,7 @@ register it in :mod:`inference.registry` or expose it through the
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar, Literal
@@ -57,6 +57,22 @@ class StudyInput:
     @property
     def all_paths(self) -> list[Path]:
         return [p for s in self.series for p in s.paths]
+
+
+def studies_from_files(paths: Iterable[Path]) -> dict[str, StudyInput]:
+    """DICOM files as the studies a pipeline is given: StudyInstanceUID → every series of that study.
+
+    For offline runs, training data and benchmarks; the node itself builds a
+    job's StudyInput from its index. Headers only are read
+    (:func:`dicom_io.study.group_study`); non-DICOM files are skipped.
+    """
+    from dicom_io.study import group_study
+
+    by_study: dict[str, list[SeriesInput]] = {}
+    for s in group_study(list(paths)).values():
+        by_study.setdefault(str(s.study_uid), []).append(
+            SeriesInput(s.series_uid, s.modality, s.series_description, s.series_number, s.paths))
+    return {uid: StudyInput(uid, tuple(series)) for uid, series in by_study.items()}
 
 
 class Pipeline(ABC):

@@ -32,8 +32,7 @@ from pydicom.sr.codedict import codes
 
 from dicom_io.reader import read_series
 from dicom_io.seg_reader import read_segmentation
-from dicom_io.study import group_study
-from inference.base import PipelineError, SeriesInput, StudyInput
+from inference.base import PipelineError, StudyInput, studies_from_files
 from inference.liver.lesion_kinds import LESION_CLASS_QUESTION, LesionKind, kind_of
 from inference.liver.lesion_patches import MIN_CLASSIFIED_DIAMETER_MM
 from inference.statistics import accuracy, confusion_matrix
@@ -46,9 +45,8 @@ def _study(folder: Path, with_seg: bool) -> StudyInput:
     paths = [p for p in folder.rglob("*.dcm") if "ground_truth" not in p.parts]
     if with_seg:
         paths.append(folder / "ground_truth" / "truth-seg.dcm")
-    summaries = list(group_study(paths).values())
-    return StudyInput(str(summaries[0].study_uid), tuple(
-        SeriesInput(s.series_uid, s.modality, s.series_description, s.series_number, s.paths) for s in summaries))
+    [study] = studies_from_files(paths).values()
+    return study
 
 
 def _top_class(group: hd.sr.VolumetricROIMeasurementsAndQualitativeEvaluations) -> LesionKind:

@@ -28,8 +28,7 @@ from pathlib import Path
 import numpy as np
 from pydicom.sr.coding import Code
 
-from dicom_io.study import group_study
-from inference.base import PipelineInputError, SeriesInput, StudyInput
+from inference.base import PipelineInputError, StudyInput, studies_from_files
 from inference.liver.lesion_kinds import LesionKind, kind_of
 from inference.liver.lesion_models import SIX, encode_clinical
 from inference.liver.lesion_patches import (
@@ -70,16 +69,8 @@ def _segment_kinds(seg_dataset: object) -> dict[int, LesionKind]:
 def _studies(data_dir: Path) -> list[tuple[Path, StudyInput]]:
     """Every study under *data_dir* (files grouped by StudyInstanceUID), with the folder holding its files."""
     paths = [p for p in data_dir.rglob("*") if p.is_file() and p.name != "clinical.json"]
-    by_study: dict[str, list] = {}
-    for summary in group_study(paths).values():
-        by_study.setdefault(str(summary.study_uid), []).append(summary)
-    studies = []
-    for study_uid, summaries in sorted(by_study.items()):
-        folder = Path(os.path.commonpath([str(p.parent) for s in summaries for p in s.paths]))
-        studies.append((folder, StudyInput(study_uid, tuple(
-            SeriesInput(s.series_uid, s.modality, s.series_description, s.series_number, s.paths)
-            for s in summaries))))
-    return studies
+    return [(Path(os.path.commonpath([str(p.parent) for p in study.all_paths])), study)
+            for _uid, study in sorted(studies_from_files(paths).items())]
 
 
 def _clinical(folder: Path) -> dict:
