@@ -263,37 +263,18 @@ def load_site_study(folder: Path, recipe: ModelRecipe) -> tuple[np.ndarray, np.n
     :func:`dicom_io.seg_reader.read_segmentation`. Segments whose label names
     the liver become 1, those naming a tumour/lesion 2 (painted over the liver).
     """
-    from pydicom import dcmread
-
     from dicom_io.reader import read_dynamic_series, read_series
     from dicom_io.registration import register_phases
     from dicom_io.seg_reader import read_segmentation
-    from inference.base import SeriesInput
+    from inference.base import studies_from_files
     from inference.liver.phases import identify_liver_study
 
-    files = sorted(p for p in Path(folder).rglob("*") if p.is_file())
-    by_series: dict[str, list[Path]] = {}
-    headers: dict[str, Any] = {}
-    segs: list[Path] = []
-    for path in files:
-        try:
-            ds = dcmread(path, stop_before_pixels=True)
-        except Exception:  # not DICOM: ground-truth side files, notes
-            continue
-        if str(getattr(ds, "Modality", "")) == "SEG":
-            segs.append(path)
-            continue
-        uid = str(getattr(ds, "SeriesInstanceUID", ""))
-        by_series.setdefault(uid, []).append(path)
-        headers.setdefault(uid, ds)
+    studies = studies_from_files(sorted(p for p in Path(folder).rglob("*") if p.is_file()))
+    every_series = [series for study in studies.values() for series in study.series]
+    segs = [path for series in every_series if series.modality == "SEG" for path in series.paths]
     if len(segs) != 1:
         raise TrainingDataError(f"{folder}: expected one SEG with the labels, found {len(segs)}")
-    series = [
-        SeriesInput(uid, str(getattr(h, "Modality", "")) or None, str(getattr(h, "SeriesDescription", "")) or None,
-                    int(h.SeriesNumber) if getattr(h, "SeriesNumber", None) is not None else None,
-                    tuple(by_series[uid]))
-        for uid, h in headers.items()
-    ]
+    series = [s for s in every_series if s.modality != "SEG"]
     inputs = identify_liver_study(series, modality=recipe.modality, phases=recipe.channels)
     cache: dict[str, Any] = {}
     volumes = {}
