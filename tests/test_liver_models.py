@@ -424,7 +424,7 @@ def test_site_study_with_a_seg_is_read_onto_the_portal_grid_with_its_phases_alig
     assert channels.shape == (4, *phantom.labels.shape)
     assert spacing == pytest.approx(phantom.spacing)
     assert np.array_equal(labels, phantom.labels)
-    aligned = training.phantom_channels(recipe, phantom)  # the known motion undone
+    aligned = training.aligned_phantom_channels(phantom, recipe.channels)  # the known motion undone
     for k in range(4):
         raw = np.corrcoef(channels[k].ravel(), phantom.images[k].ravel())[0, 1]
         registered = np.corrcoef(channels[k].ravel(), aligned[k].ravel())[0, 1]

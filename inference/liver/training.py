@@ -204,11 +204,6 @@ def simulate_phantom(recipe: ModelRecipe, seed: int) -> Any:
     return ph.simulate_liver_mr(seed, channels=DCE_CHANNELS)
 
 
-def phantom_channels(recipe: ModelRecipe, phantom: Any) -> np.ndarray:
-    """The recipe's channels of a phantom, in order, aligned onto the reference grid."""
-    return aligned_phantom_channels(phantom, recipe.channels)
-
-
 def aligned_phantom_channels(phantom: Any, channels: Sequence[str]) -> np.ndarray:
     """The phantom's *channels*, in order, with their known motion undone (on the truth grid)."""
     images = np.asarray(phantom.images, dtype=np.float32)
@@ -236,8 +231,8 @@ def prepare_case(
 
 def phantom_case(recipe: ModelRecipe, seed: int, settings: TrainingSettings) -> TrainingCase:
     phantom = simulate_phantom(recipe, seed)
-    return prepare_case(recipe, phantom_channels(recipe, phantom), phantom.labels, phantom.spacing, settings,
-                        f"phantom seed {seed}")
+    channels = aligned_phantom_channels(phantom, recipe.channels)
+    return prepare_case(recipe, channels, phantom.labels, phantom.spacing, settings, f"phantom seed {seed}")
 
 
 # --------------------------------------------------------------------------- site studies
@@ -365,7 +360,7 @@ def phantom_segmenter(segmenter: lw.LiverSegmenter, recipe: ModelRecipe,
     """A function phantom → post-processed segmentation on the phantom's grid, as the pipeline does it."""
 
     def segment(phantom: Any) -> postprocess.Segmentation:
-        channels = phantom_channels(recipe, phantom)
+        channels = aligned_phantom_channels(phantom, recipe.channels)
         probabilities = segmenter.segment(channels, phantom.spacing)
         return postprocess.postprocess(probabilities, phantom.spacing, **postprocess_options)
 
@@ -380,7 +375,7 @@ def evaluate_recipe(segmenter: lw.LiverSegmenter, recipe: ModelRecipe, seeds: Se
         raise ValueError(f"evaluation seeds {sorted(overlap)[:5]}… are training seeds")
     return evaluation.evaluate_on_phantoms(
         phantom_segmenter(segmenter, recipe), lambda s: simulate_phantom(recipe, s), seeds, log=log,
-        input_images=lambda phantom: phantom_channels(recipe, phantom),
+        input_images=lambda phantom: aligned_phantom_channels(phantom, recipe.channels),
     )
 
 
