@@ -359,6 +359,9 @@ def test_training_is_seeded_and_writes_a_loadable_model(tmp_path):
                                        log=lambda _: None)
     assert first["weights_sha256"] == again["weights_sha256"] != other["weights_sha256"]
     assert first["training"]["phantom_seeds"] == [training.FIRST_TRAINING_SEED, training.FIRST_TRAINING_SEED]
+    # another seed trains on phantoms of its own, not on the ones seed 0 saw again
+    assert other["training"]["phantom_seeds"] == [training.first_phantom_seed(1)] * 2
+    assert training.first_phantom_seed(1) > first["training"]["phantom_seeds"][1]
     segmenter = lw.LiverSegmenter.load(tmp_path / "a" / "liver-seg-mr-baseline-v1.json", device="cpu")
     assert segmenter.channels == ("portal",) and segmenter.patch_size == (16, 32, 32)
     card = (tmp_path / "a" / training.MODEL_CARD).read_text()

@@ -12,7 +12,10 @@ Three models, one recipe (:data:`MODEL_RECIPES`):
 **Data.** Cases come from :func:`inference.liver.phantom.simulate_liver_mr` /
 ``simulate_liver_ct`` with seeds from :data:`FIRST_TRAINING_SEED` (1000) on; the
 held-out evaluation seeds are 0–99 (:data:`inference.liver.evaluation.EVALUATION_SEEDS`),
-so training never sees an evaluation phantom. A pool of ``pool_size``
+so training never sees an evaluation phantom. Each training ``--seed`` draws
+its phantoms from its own stretch of seeds (:func:`first_phantom_seed`), so a
+round that continues from an earlier model with a new ``--seed`` sees new
+phantoms rather than the ones it was trained on already. A pool of ``pool_size``
 phantoms is simulated at the start and one case is replaced by a new seed every
 ``refresh_every`` steps (simulating a phantom per step would cost more than the
 step). Each case is prepared exactly as at inference
@@ -68,6 +71,9 @@ logger = logging.getLogger("pacsnode.inference.liver")
 
 #: Training phantoms use seeds from here on; evaluation uses 0–99.
 FIRST_TRAINING_SEED = 1000
+#: Phantom seeds set aside for each training seed: seed *s* uses the stretch from
+#: ``FIRST_TRAINING_SEED + s * PHANTOM_SEEDS_PER_TRAINING_SEED`` on (a 6000-step run uses ~1200).
+PHANTOM_SEEDS_PER_TRAINING_SEED = 100_000
 #: The phantom channels of the DCE models, in acquisition order.
 DCE_CHANNELS = ("pre", "arterial", "portal", "delayed")
 MODEL_CARD = "LIVER_SEG_MODEL_CARD.md"
@@ -229,6 +235,13 @@ def prepare_case(
     return TrainingCase(source, np.ascontiguousarray(on_grid, dtype=np.float32), label_grid.astype(np.uint8))
 
 
+def first_phantom_seed(seed: int) -> int:
+    """The first phantom seed of a training run seeded with *seed* (>= 0)."""
+    if seed < 0:
+        raise ValueError(f"training seeds are >= 0, got {seed}")
+    return FIRST_TRAINING_SEED + seed * PHANTOM_SEEDS_PER_TRAINING_SEED
+
+
 def phantom_case(recipe: ModelRecipe, seed: int, settings: TrainingSettings) -> TrainingCase:
     phantom = simulate_phantom(recipe, seed)
     channels = aligned_phantom_channels(phantom, recipe.channels)
@@ -370,9 +383,9 @@ def phantom_segmenter(segmenter: lw.LiverSegmenter, recipe: ModelRecipe,
 def evaluate_recipe(segmenter: lw.LiverSegmenter, recipe: ModelRecipe, seeds: Sequence[int],
                     log: Callable[[str], None] | None = None) -> dict[str, Any]:
     """:func:`inference.liver.evaluation.evaluate_on_phantoms` for one of the three models."""
-    overlap = set(seeds) & set(range(FIRST_TRAINING_SEED, FIRST_TRAINING_SEED + 10**6))
+    overlap = sorted(seed for seed in seeds if seed >= FIRST_TRAINING_SEED)
     if overlap:
-        raise ValueError(f"evaluation seeds {sorted(overlap)[:5]}… are training seeds")
+        raise ValueError(f"evaluation seeds {overlap[:5]}… are training seeds (>= {FIRST_TRAINING_SEED})")
     return evaluation.evaluate_on_phantoms(
         phantom_segmenter(segmenter, recipe), lambda s: simulate_phantom(recipe, s), seeds, log=log,
         input_images=lambda phantom: aligned_phantom_channels(phantom, recipe.channels),
@@ -422,7 +435,7 @@ def _train(recipe: ModelRecipe, out_dir: Path, settings: TrainingSettings, data_
     start = initial_model(recipe, settings.init_from) if settings.init_from else None
     started = time.perf_counter()
     cases: list[TrainingCase] = []
-    next_seed = FIRST_TRAINING_SEED
+    first_seed = next_seed = first_phantom_seed(settings.seed)
     if phantoms:
         for _ in range(settings.pool_size):
             cases.append(phantom_case(recipe, next_seed, settings))
@@ -492,7 +505,7 @@ def _train(recipe: ModelRecipe, out_dir: Path, settings: TrainingSettings, data_
         "steps_run": steps_run,
         "stopped_by_time_budget": steps_run < settings.steps,
         "initial_weights": initial,
-        "phantom_seeds": [FIRST_TRAINING_SEED, next_seed - 1] if phantoms else None,
+        "phantom_seeds": [first_seed, next_seed - 1] if phantoms else None,
         "site_studies": [c.source for c in site],
         "loss": f"Dice (liver and tumour, batch) + cross-entropy weighted {settings.class_weights} (MONAI DiceCELoss)",
         "optimiser": f"Adam, lr {settings.learning_rate} with cosine decay over {settings.steps} steps",
@@ -767,7 +780,10 @@ def model_card(manifests: Sequence[tuple[str, dict[str, Any]]]) -> str:
             "## Training data",
             "",
             f"Phantoms from `simulate_liver_mr` / `simulate_liver_ct` with seeds from {FIRST_TRAINING_SEED} on: a pool of",
-            f"{s['pool_size']} cases, one replaced by a new seed every {s['refresh_every']} steps. Evaluation uses seeds",
+            f"{s['pool_size']} cases, one replaced by a new seed every {s['refresh_every']} steps. Training `--seed` *s*",
+            f"starts at phantom seed {FIRST_TRAINING_SEED} + *s* × {PHANTOM_SEEDS_PER_TRAINING_SEED}, so a round run with "
+            "another `--seed`",
+            "sees new phantoms (each model's phantom seeds are in the wall-time table). Evaluation uses seeds",
             "0–99, never seen in training. A site adds its own labelled studies with `--data DIR`",
             "(one folder per study: image series + a SEG whose segment labels name the liver and the",
             "tumours); they are read exactly as the pipeline reads a study.",
@@ -787,16 +803,17 @@ def model_card(manifests: Sequence[tuple[str, dict[str, Any]]]) -> str:
             "Wall time on the build machine (2 CPU cores shared with other jobs, so slower than an idle",
             "machine; the MR models were trained side by side):",
             "",
-            "| model | steps | simulation s | training s | evaluation s | wall min | final loss |",
-            "|---|---|---|---|---|---|---|",
+            "| model | steps | phantom seeds | simulation s | training s | evaluation s | wall min | final loss |",
+            "|---|---|---|---|---|---|---|---|",
         ]
         for name, m in manifests:
             t = m["training"]
             final = t["history"][-1]["loss"] if t["history"] else None
             evaluation_s = m.get("metrics", {}).get("held_out_phantoms", {}).get("seconds", 0.0)
             wall = (t["simulation_seconds"] + t["training_seconds"] + evaluation_s) / 60
+            seeds = t.get("phantom_seeds")
             lines.append(f"| `{m['model_version']}` | {t['steps_run']} of {t['settings']['steps']} | "
-                         f"{t['simulation_seconds']} | {t['training_seconds']} | {evaluation_s} | {wall:.1f} | "
+                         f"{f'{seeds[0]}–{seeds[1]}' if seeds else 'none'} | {t['simulation_seconds']} | {t['training_seconds']} | {evaluation_s} | {wall:.1f} | "
                          f"{_fmt(final, 4)} |")
     lines += [
         "",
