@@ -287,8 +287,10 @@ def test_lesion_detection_counts_detections_and_false_positives():
     pred[2:6, 3:11, 3:11] = 1
     pred[5:10, 28:40, 0:14] = 2
     pred[2:4, 30:36, 30:36] = 3  # touches nothing: false positive
-    matches, false_positives = ev.lesion_detection(pred, truth, {1: 25.0, 2: 6.0, 3: 24.0})
+    matches, false_positives = ev.lesion_detection(pred, truth, {1: 25.0, 2: 6.0, 3: 24.0},
+                                                   kinds={1: "cyst", 2: "HCC", 3: "HCC"})
     assert [m.detected for m in matches] == [True, False, True]
+    assert [m.kind for m in matches] == ["cyst", "HCC", "HCC"]
     assert matches[2].best_dice < ev.DETECTION_DICE
     assert false_positives == 1
     cases = [{"metrics": ev.segmentation_metrics(np.zeros((2, 2, 2)), np.zeros((2, 2, 2)), (1, 1, 1)),
@@ -301,6 +303,9 @@ def test_lesion_detection_counts_detections_and_false_positives():
     assert bands["under 10 mm"] == {"count": 1, "detected": 0, "sensitivity": 0.0, "dice_detected": None}
     assert bands["10-20 mm"]["count"] == 0 and bands["10-20 mm"]["sensitivity"] is None
     assert bands["20 mm and over"]["count"] == 2 and bands["20 mm and over"]["sensitivity"] == 1.0
+    assert summary["by_kind"]["HCC"] == {"count": 2, "detected": 1, "count_ge_10mm": 1, "detected_ge_10mm": 1,
+                                         "sensitivity_ge_10mm": 1.0}
+    assert summary["by_kind"]["cyst"]["count_ge_10mm"] == 1
     dice_large = (matches[0].best_dice + matches[2].best_dice) / 2
     assert bands["20 mm and over"]["dice_detected"] == pytest.approx(dice_large, abs=1e-4)
 

@@ -438,5 +438,10 @@ def test_evaluate_command_compares_the_4d_model_with_the_baseline_on_held_out_ph
                 assert 0.0 <= summary[cls][metric] <= 1.0
         assert summary["liver"]["dice"] >= 0.9
         assert summary["lesions"]["count"] >= summary["lesions"]["detected"] >= 0
+        # every true lesion is counted under its kind exactly once
+        by_kind = summary["lesions"]["by_kind"]
+        assert sum(k["count"] for k in by_kind.values()) == summary["lesions"]["count"]
+        assert sum(k["detected_ge_10mm"] for k in by_kind.values()) == round(
+            summary["lesions"]["sensitivity_ge_10mm"] * summary["lesions"]["count_ge_10mm"])
     refused = CliRunner().invoke(main, ["evaluate", "liver-seg", "--cases", "1", "--seed", "1000"])
     assert refused.exit_code != 0 and "training" in refused.output

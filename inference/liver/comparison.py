@@ -88,6 +88,13 @@ def _fmt(value: Any) -> str:
     return f"{value:.3f}" if isinstance(value, float) else str(value)
 
 
+def _found(kind: dict[str, Any] | None) -> str | None:
+    """"detected/count" of one lesion kind's lesions ≥ 10 mm; None when there are none."""
+    if not kind or not kind["count_ge_10mm"]:
+        return None
+    return f"{kind['detected_ge_10mm']}/{kind['count_ge_10mm']}"
+
+
 def format_comparison(report: dict[str, Any]) -> str:
     """The report as a plain-text table, one column per model."""
     labels = list(report["models"])
@@ -102,14 +109,16 @@ def format_comparison(report: dict[str, Any]) -> str:
     for band in summaries[0]["lesions"]["by_size"]:
         for metric in ("count", "sensitivity", "dice_detected"):
             rows.append((f"lesions {band} {metric}", [s["lesions"]["by_size"][band][metric] for s in summaries]))
+    for kind in summaries[0]["lesions"].get("by_kind", {}):
+        rows.append((f"lesions {kind} ≥ 10 mm found", [_found(s["lesions"]["by_kind"].get(kind)) for s in summaries]))
     rows.append(("seconds", [report["models"][label]["seconds"] for label in labels]))
     headers = [f"{label} ({report['models'][label]['model']})" for label in labels]
     width = max(len(h) for h in headers) + 2
     seeds = report["seeds"]
     lines = [(f"liver-seg on {len(seeds)} held-out {report['modality']} phantoms (seeds {seeds[0]}–{seeds[-1]}); "
               "research use only"),
-             f"{'metric':<36}" + "".join(f"{h:>{width}}" for h in headers)]
-    lines += [f"{name:<36}" + "".join(f"{_fmt(v):>{width}}" for v in values) for name, values in rows]
+             f"{'metric':<42}" + "".join(f"{h:>{width}}" for h in headers)]
+    lines += [f"{name:<42}" + "".join(f"{_fmt(v):>{width}}" for v in values) for name, values in rows]
     targets = report["targets"]
     lines.append(f"targets: liver Dice ≥ {targets['liver_dice']}, tumour Dice ≥ {targets['tumour_dice']}, "
                  f"sensitivity for lesions ≥ 10 mm ≥ {targets['sensitivity_ge_10mm']}")

@@ -20,6 +20,10 @@ The metrics are seed 002's and LiTS's:
   image the model sees (an FNH or a filled-in haemangioma on portal-venous
   CT); the "conspicuous" sensitivity separates what the images do not show
   from what the model misses.
+* per lesion kind, when the truth names them (the phantom's lesions do: cyst,
+  haemangioma, FNH, …) — sensitivity over all lesions and over lesions ≥ 10 mm
+  of each kind, so a model that reads hyper-enhancing lesions as vessels, say,
+  shows it.
 
 :func:`evaluate_on_phantoms` runs a model on held-out simulator seeds
 (disjoint from the training seeds, see :mod:`inference.liver.training`) and
@@ -153,6 +157,8 @@ class LesionMatch:
     best_dice: float
     #: Largest contrast-to-noise ratio over the model's input channels; None when not measured.
     contrast_to_noise: float | None = None
+    #: The lesion's kind (e.g. "hemangioma") when the truth names it; None otherwise.
+    kind: str | None = None
 
 
 def lesion_contrast_to_noise(images: np.ndarray, truth_labels: np.ndarray,
@@ -194,6 +200,7 @@ def lesion_detection(
     truth_lesion_labels: np.ndarray,
     truth_diameters_mm: Mapping[int, float],
     contrast_to_noise: Mapping[int, float] | None = None,
+    kinds: Mapping[int, str] | None = None,
 ) -> tuple[list[LesionMatch], int]:
     """Match predicted lesion components to true lesions: (one match per true lesion, false positives).
 
@@ -230,7 +237,8 @@ def lesion_detection(
         diameter = float(truth_diameters_mm.get(index, float("nan")))
         cnr = None if contrast_to_noise is None else contrast_to_noise.get(index)
         matches.append(LesionMatch(index=index, longest_diameter_mm=diameter, detected=detected, best_dice=best,
-                                   contrast_to_noise=None if cnr is None else round(float(cnr), 3)))
+                                   contrast_to_noise=None if cnr is None else round(float(cnr), 3),
+                                   kind=None if kinds is None else kinds.get(index)))
     false_positives = sum(1 for p in range(1, n_pred + 1) if pred_sizes[p] > 0 and p not in touched)
     return matches, int(false_positives)
 
@@ -278,7 +286,23 @@ def summarise(cases: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
         summary["lesions"]["count_ge_10mm_conspicuous"] = len(shown)
         summary["lesions"]["sensitivity_ge_10mm_conspicuous"] = (
             round(sum(m["detected"] for m in shown) / len(shown), 4) if shown else None)
+    kinds = sorted({m["kind"] for m in lesions if m.get("kind")})
+    if kinds:
+        summary["lesions"]["by_kind"] = {kind: _kind(lesions, kind) for kind in kinds}
     return summary
+
+
+def _kind(lesions: Sequence[Mapping[str, Any]], kind: str) -> dict[str, Any]:
+    """Detection of the true lesions of one kind, over all sizes and over those ≥ 10 mm."""
+    of_kind = [m for m in lesions if m.get("kind") == kind]
+    large = [m for m in of_kind if m["longest_diameter_mm"] >= LARGE_LESION_MM]
+    return {
+        "count": len(of_kind),
+        "detected": sum(bool(m["detected"]) for m in of_kind),
+        "count_ge_10mm": len(large),
+        "detected_ge_10mm": sum(bool(m["detected"]) for m in large),
+        "sensitivity_ge_10mm": round(sum(m["detected"] for m in large) / len(large), 4) if large else None,
+    }
 
 
 def _band(lesions: Sequence[Mapping[str, Any]], low: float, high: float) -> dict[str, Any]:
@@ -305,17 +329,18 @@ def evaluate_case(
     truth_diameters_mm: Mapping[int, float],
     spacing: Sequence[float],
     input_images: np.ndarray | None = None,
+    truth_kinds: Mapping[int, str] | None = None,
 ) -> dict[str, Any]:
     """One case's metrics: per-class voxel metrics, lesion matches and false positives.
 
     *input_images* (the model's input channels on the truth grid, aligned)
-    adds each lesion's conspicuity.
+    adds each lesion's conspicuity; *truth_kinds* (lesion index → kind) its kind.
     """
     metrics = segmentation_metrics(segmentation.labels, truth_labels, spacing)
     cnr = (None if input_images is None
            else lesion_contrast_to_noise(input_images, truth_labels, truth_lesion_labels))
     matches, false_positives = lesion_detection(segmentation.lesion_labels, truth_lesion_labels, truth_diameters_mm,
-                                                cnr)
+                                                cnr, truth_kinds)
     return {
         "metrics": metrics,
         "lesions": [m.__dict__ for m in matches],
@@ -348,8 +373,9 @@ def evaluate_on_phantoms(
         segmentation = segment(phantom)
         seconds = time.perf_counter() - t0
         diameters = {lesion.index: lesion.longest_diameter_mm for lesion in phantom.lesions}
+        kinds = {lesion.index: lesion.kind.display_name for lesion in phantom.lesions}
         case = evaluate_case(segmentation, phantom.labels, phantom.lesion_labels, diameters, phantom.spacing,
-                             input_images(phantom) if input_images else None)
+                             input_images(phantom) if input_images else None, kinds)
         case["seed"] = int(seed)
         case["seconds"] = round(seconds, 2)
         cases.append(case)

@@ -605,6 +605,23 @@ def _size_band_lines(manifests: Sequence[tuple[str, dict[str, Any]]]) -> list[st
     return lines
 
 
+def _kind_lines(manifests: Sequence[tuple[str, dict[str, Any]]]) -> list[str]:
+    """Detection of lesions ≥ 10 mm by lesion kind, for the models that recorded it."""
+    measured = [(m["model_version"], m["metrics"]["held_out_phantoms"]["lesions"]["by_kind"]) for _n, m in manifests
+                if "by_kind" in m.get("metrics", {}).get("held_out_phantoms", {}).get("lesions", {})]
+    if not measured:
+        return []
+    kinds = sorted({kind for _v, by_kind in measured for kind in by_kind})
+    lines = ["", "Per lesion kind: lesions ≥ 10 mm found / present (what a model tends to miss, e.g. hyper-",
+             "enhancing hemangiomas that look like the vessels it has learnt to call liver).", "",
+             "| model | " + " | ".join(kinds) + " |", "|---|" + "---|" * len(kinds)]
+    for version, by_kind in measured:
+        cells = [f"{by_kind[k]['detected_ge_10mm']}/{by_kind[k]['count_ge_10mm']}" if k in by_kind else "–"
+                 for k in kinds]
+        lines.append(f"| `{version}` | " + " | ".join(cells) + " |")
+    return lines
+
+
 def _conspicuous(lesions: dict[str, Any]) -> str:
     if "count_ge_10mm_conspicuous" not in lesions:
         return "n/a"
@@ -781,9 +798,8 @@ def model_card(manifests: Sequence[tuple[str, dict[str, Any]]]) -> str:
             "",
             f"Phantoms from `simulate_liver_mr` / `simulate_liver_ct` with seeds from {FIRST_TRAINING_SEED} on: a pool of",
             f"{s['pool_size']} cases, one replaced by a new seed every {s['refresh_every']} steps. Training `--seed` *s*",
-            f"starts at phantom seed {FIRST_TRAINING_SEED} + *s* × {PHANTOM_SEEDS_PER_TRAINING_SEED}, so a round run with "
-            "another `--seed`",
-            "sees new phantoms (each model's phantom seeds are in the wall-time table). Evaluation uses seeds",
+            f"starts at phantom seed {FIRST_TRAINING_SEED} + *s* × {PHANTOM_SEEDS_PER_TRAINING_SEED}, so a round run",
+            "with another `--seed` sees new phantoms (each model's phantom seeds are in the wall-time table). Evaluation uses seeds",
             "0–99, never seen in training. A site adds its own labelled studies with `--data DIR`",
             "(one folder per study: image series + a SEG whose segment labels name the liver and the",
             "tumours); they are read exactly as the pipeline reads a study.",
@@ -847,6 +863,7 @@ def model_card(manifests: Sequence[tuple[str, dict[str, Any]]]) -> str:
             f"{_conspicuous(le)} | {_fmt(le['false_positives_per_case'], 2)} |"
         )
     lines += _size_band_lines(manifests)
+    lines += _kind_lines(manifests)
     lines += _target_lines(manifests)
     lines += [
         "",
