@@ -48,9 +48,9 @@ MANIFEST_FORMAT_VERSION = 1
 WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
 #: The committed models by name (each ``<name>.pt`` + ``<name>.json`` in :data:`WEIGHTS_DIR`).
 DEFAULT_MODELS = {
-    "mr": "liver-seg-mr-v5",
-    "ct": "liver-seg-ct-v5",
-    "mr-baseline": "liver-seg-mr-baseline-v5",
+    "mr": "liver-seg-mr-v6",
+    "ct": "liver-seg-ct-v6",
+    "mr-baseline": "liver-seg-mr-baseline-v6",
 }
 #: Sliding-window overlap between neighbouring windows (fraction of the window).
 SLIDING_WINDOW_OVERLAP = 0.5
