@@ -373,6 +373,30 @@ def test_training_is_seeded_and_writes_a_loadable_model(tmp_path):
     assert "Research use only" in card and "pacsnode train liver-seg-mr-baseline --seed 0 --steps 2 " in card
 
 
+def test_confirmation_evaluation_is_kept_beside_the_held_out_one_on_seeds_no_choice_saw(tmp_path):
+    from inference.liver import training
+
+    held_out, confirmation = training.evaluation_seeds(50), training.evaluation_seeds(50, confirmation=True)
+    assert not set(held_out) & set(confirmation) and held_out[0] == 0
+    for cases, confirm in ((51, False), (0, True), (51, True)):
+        with pytest.raises(ValueError, match="evaluation takes 1 to 50 cases"):
+            training.evaluation_seeds(cases, confirmation=confirm)
+    settings = training.TrainingSettings(steps=1, pool_size=1, refresh_every=0, evaluation_cases=1,
+                                         patch_size=(8, 32, 32), inference_patch_size=(16, 32, 32), batch_size=1)
+    trained = training.train_liver_model("liver-seg-mr-baseline", tmp_path, settings, log=lambda _: None)
+    confirmed = training.record_evaluation("liver-seg-mr-baseline", tmp_path, 1, log=None, confirmation=True)
+    assert confirmed["metrics"]["held_out_phantoms"] == trained["metrics"]["held_out_phantoms"]
+    assert confirmed["metrics"]["held_out_phantoms"]["seeds"] == [0, 0]
+    assert confirmed["metrics"]["confirmation_phantoms"]["seeds"] == [confirmation[0]] * 2
+    assert confirmed["weights_sha256"] == trained["weights_sha256"]
+    training.write_model_card(tmp_path)
+    card = (tmp_path / training.MODEL_CARD).read_text()
+    assert "## Confirmation on phantoms kept back" in card
+    assert f"| `liver-seg-mr-baseline-v1` | {confirmation[0]}–{confirmation[0]} |" in card
+    with pytest.raises(SystemExit):
+        training.main(["liver-seg-mr-baseline", "--confirm", "--out", str(tmp_path)])
+
+
 def test_fine_tuning_starts_from_the_given_model_and_refuses_another_recipes(tmp_path):
     from inference.liver import training
 
