@@ -688,9 +688,9 @@ def _confirmation_lines(manifests: Sequence[tuple[str, dict[str, Any]]]) -> list
         "## Confirmation on phantoms kept back",
         "",
         "The held-out seeds above also chose between versions (each round was kept or dropped on",
-        f"them), which flatters the version chosen. Seeds {CONFIRMATION_SEEDS[0]}–{CONFIRMATION_SEEDS[-1]} were kept back",
-        "from every such choice;",
-        "the versions the pipeline uses were evaluated on them once, after the choice",
+        f"them), which can flatter the version chosen. Seeds {CONFIRMATION_SEEDS[0]}–{CONFIRMATION_SEEDS[-1]} "
+        + "were kept back from every such",
+        "choice; the versions the pipeline uses were evaluated on them once, after the choice",
         "(`pacsnode train NAME --evaluate-only --confirm --version VERSION`).",
         "",
         *_metrics_table(confirmed, "confirmation_phantoms"),
