@@ -48,9 +48,9 @@ MANIFEST_FORMAT_VERSION = 1
 WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
 #: The committed models by name (each ``<name>.pt`` + ``<name>.json`` in :data:`WEIGHTS_DIR`).
 DEFAULT_MODELS = {
-    "mr": "liver-seg-mr-v6",
+    "mr": "liver-seg-mr-v7",
     "ct": "liver-seg-ct-v6",
-    "mr-baseline": "liver-seg-mr-baseline-v6",
+    "mr-baseline": "liver-seg-mr-baseline-v7",
 }
 #: Sliding-window overlap between neighbouring windows (fraction of the window).
 SLIDING_WINDOW_OVERLAP = 0.5
