@@ -422,6 +422,29 @@ def test_fine_tuning_starts_from_the_given_model_and_refuses_another_recipes(tmp
         training.train_liver_model("liver-seg-mr", tmp_path / "x", tuned_settings, log=lambda _: None)
 
 
+def test_a_wider_network_is_trained_recorded_and_reproducible_and_cannot_start_from_a_narrower_one(tmp_path):
+    from inference.liver import training
+
+    settings = training.TrainingSettings(steps=1, pool_size=1, refresh_every=0, evaluation_cases=0,
+                                         patch_size=(8, 32, 32), inference_patch_size=(16, 32, 32), batch_size=1)
+    narrow = training.train_liver_model("liver-seg-ct", tmp_path, settings, log=lambda _: None)
+    wide_settings = training.TrainingSettings(**{**settings.__dict__, "widths": (16, 24, 32, 40),
+                                                 "model_version": "liver-seg-ct-v2"})
+    wide = training.train_liver_model("liver-seg-ct", tmp_path, wide_settings, log=lambda _: None)
+    assert narrow["architecture"]["widths"] == training.MODEL_RECIPES["liver-seg-ct"].architecture["widths"]
+    assert wide["architecture"]["widths"] == [16, 24, 32, 40]
+    assert wide["training"]["parameters"] > narrow["training"]["parameters"]
+    segmenter = lw.LiverSegmenter.load(tmp_path / "liver-seg-ct-v2.json", device="cpu")
+    assert segmenter.model.config.widths == (16, 24, 32, 40)
+    card = (tmp_path / training.MODEL_CARD).read_text()
+    assert "--widths 16 24 32 40 --version liver-seg-ct-v2" in card
+    assert "`liver-seg-ct-v2`: trained from scratch, 1 steps with widths 16-24-32-40, Adam lr 0.003" in card
+    from_narrow = training.TrainingSettings(**{**wide_settings.__dict__, "model_version": "liver-seg-ct-v3",
+                                               "init_from": str(tmp_path / "liver-seg-ct-v1.json")})
+    with pytest.raises(training.TrainingDataError, match="its architecture widths"):
+        training.train_liver_model("liver-seg-ct", tmp_path, from_narrow, log=lambda _: None)
+
+
 def test_lesion_balanced_crops_centre_small_lesions_as_often_as_large_ones():
     from inference.liver import training
 

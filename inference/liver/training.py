@@ -153,6 +153,13 @@ class TrainingSettings:
     model_version: str | None = None
     evaluation_cases: int = 10
     threads: int = 1
+    #: Feature channels per U-Net level; the recipe's when None. Wider networks learn more from
+    #: the same phantoms at a higher training and inference cost (see the benchmark).
+    widths: tuple[int, ...] | None = None
+
+    def architecture(self, recipe: ModelRecipe) -> dict[str, Any]:
+        """The network *recipe* trains with these settings: its architecture, with :attr:`widths` if set."""
+        return {**recipe.architecture, "widths": list(self.widths)} if self.widths else dict(recipe.architecture)
 
     def to_json(self) -> dict[str, Any]:
         return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}
@@ -439,7 +446,8 @@ def _train(recipe: ModelRecipe, out_dir: Path, settings: TrainingSettings, data_
     from monai.losses import DiceCELoss
 
     rng = np.random.default_rng(settings.seed)
-    start = initial_model(recipe, settings.init_from) if settings.init_from else None
+    architecture = settings.architecture(recipe)
+    start = initial_model(recipe, settings.init_from, architecture) if settings.init_from else None
     started = time.perf_counter()
     cases: list[TrainingCase] = []
     first_seed = next_seed = first_phantom_seed(settings.seed)
@@ -453,7 +461,7 @@ def _train(recipe: ModelRecipe, out_dir: Path, settings: TrainingSettings, data_
     simulate_s = time.perf_counter() - started
     log(f"{recipe.name}: {len(cases)} phantoms and {len(site)} site studies prepared in {simulate_s:.0f} s")
 
-    model = build_model(recipe.model_kind, recipe.architecture)
+    model = build_model(recipe.model_kind, architecture)
     initial = None
     if start is not None:
         model.load_state_dict(start.model.state_dict())
@@ -545,20 +553,21 @@ def _train(recipe: ModelRecipe, out_dir: Path, settings: TrainingSettings, data_
     return manifest
 
 
-def initial_model(recipe: ModelRecipe, manifest_path: str) -> lw.LiverSegmenter:
+def initial_model(recipe: ModelRecipe, manifest_path: str,
+                  architecture: dict[str, Any] | None = None) -> lw.LiverSegmenter:
     """The model at *manifest_path*, checked to be of *recipe*, for training to start from.
 
-    A model of another recipe (network, architecture, channels or modality)
-    is refused: fine-tuning would silently start from unrelated weights.
-    Loading leaves torch's random state as it was, so a run stays seeded.
+    A model of another recipe (network, *architecture* — the recipe's when None —
+    channels or modality) is refused: fine-tuning would silently start from
+    unrelated weights. Loading leaves torch's random state as it was, so a run stays seeded.
     """
+    architecture_wanted = architecture or recipe.architecture
     with torch.random.fork_rng():
         start = lw.LiverSegmenter.load(manifest_path, device="cpu")
-    architecture = start.manifest["architecture"]
     wanted = {"model_kind": recipe.model_kind, "channels": list(recipe.channels), "modality": recipe.modality,
-              **{f"architecture {k}": v for k, v in recipe.architecture.items()}}
+              **{f"architecture {k}": v for k, v in architecture_wanted.items()}}
     found = {"model_kind": start.manifest["model_kind"], "channels": list(start.channels), "modality": start.modality,
-             **{f"architecture {k}": architecture.get(k) for k in recipe.architecture}}
+             **{f"architecture {k}": start.manifest["architecture"].get(k) for k in architecture_wanted}}
     differs = [key for key in wanted if wanted[key] != found[key]]
     if differs:
         raise TrainingDataError(
@@ -792,17 +801,20 @@ def _progress_lines(manifests: Sequence[tuple[str, dict[str, Any]]]) -> list[str
 
 
 def _fine_tuning_lines(manifests: Sequence[tuple[str, dict[str, Any]]]) -> list[str]:
-    """One line per model that did not train from scratch with the recipe above."""
+    """One line per model that did not train with the recipe above: fine-tuned, or from scratch with other settings."""
     lines = []
     for _name, m in manifests:
         t = m["training"]
         s, start = t["settings"], t.get("initial_weights")
-        if not start:
-            continue
         crops = "lesion-balanced tumour crops (a lesion picked first, then a voxel in it), " if s.get("crop_by_lesion") else ""
-        lines.append(f"* `{m['model_version']}`: started from `{start['model_version']}` "
-                     f"(sha256 `{start['weights_sha256'][:16]}…`) and trained {t['steps_run']} more steps with "
-                     f"{crops}Adam lr {s['learning_rate']:g} with cosine decay.")
+        if start:
+            lines.append(f"* `{m['model_version']}`: started from `{start['model_version']}` "
+                         f"(sha256 `{start['weights_sha256'][:16]}…`) and trained {t['steps_run']} more steps with "
+                         f"{crops}Adam lr {s['learning_rate']:g} with cosine decay.")
+        elif crops or s.get("widths"):
+            widths = f"widths {'-'.join(map(str, s['widths']))}, " if s.get("widths") else ""
+            lines.append(f"* `{m['model_version']}`: trained from scratch, {t['steps_run']} steps with {widths}"
+                         f"{crops}Adam lr {s['learning_rate']:g} with cosine decay.")
     return ["", *lines] if lines else []
 
 
@@ -819,6 +831,8 @@ def reproduce_command(name: str, manifest: dict[str, Any]) -> str:
         words.append(f"--learning-rate {s['learning_rate']:g}")
     if s.get("crop_by_lesion"):
         words.append("--crop-by-lesion")
+    if s.get("widths"):
+        words.append("--widths " + " ".join(map(str, s["widths"])))
     if s.get("init_from"):
         words.append(f"--init {s['init_from']}")
     if s.get("model_version"):
@@ -841,11 +855,12 @@ def model_card(manifests: Sequence[tuple[str, dict[str, Any]]]) -> str:
         "CT. Science: seed 002 (4D DCE-MRI, 3D CNN + ConvLSTM, \"fused U-Net\") and seed 000 (CT U-Net).",
         "Architectures and where they differ from the seeds: `inference/liver/models.py`.",
         "",
-        "| model | network | input | parameters | weights sha256 |",
-        "|---|---|---|---|---|",
+        "| model | network | widths | input | parameters | weights sha256 |",
+        "|---|---|---|---|---|---|",
     ]
     for name, m in manifests:
         lines.append(f"| `{m['model_version']}` | {m['training']['description']} | "
+                     f"{'-'.join(map(str, m['architecture']['widths']))} | "
                      f"{', '.join(m['input']['channels'])} ({m['input']['modality']}) | "
                      f"{m['training']['parameters']:,} | `{m['weights_sha256'][:16]}…` |")
     if len(manifests) > len(MODEL_RECIPES):
@@ -982,6 +997,8 @@ def main(argv: Sequence[str] | None = None, name: str | None = None) -> int:
     parser.add_argument("--learning-rate", type=float, default=defaults.learning_rate)
     parser.add_argument("--crop-by-lesion", action="store_true",
                         help="tumour-centred crops pick a lesion first, so small lesions are seen as often as large")
+    parser.add_argument("--widths", type=int, nargs="+", default=None, metavar="N",
+                        help="feature channels per network level (default: the recipe's, e.g. 8 16 24 32)")
     parser.add_argument("--init", default=None, metavar="MANIFEST",
                         help="start from this model's weights (same recipe), e.g. to fine-tune on site studies")
     parser.add_argument("--version", default=None,
@@ -1010,7 +1027,7 @@ def main(argv: Sequence[str] | None = None, name: str | None = None) -> int:
         seed=args.seed, steps=args.steps, minutes=args.minutes, batch_size=args.batch_size,
         pool_size=args.pool_size, evaluation_cases=args.evaluation_cases, threads=args.threads,
         learning_rate=args.learning_rate, crop_by_lesion=args.crop_by_lesion, init_from=args.init,
-        model_version=args.version,
+        model_version=args.version, widths=tuple(args.widths) if args.widths else None,
     )
     try:
         train_liver_model(name or args.name, args.out, settings, data_dir=args.data, phantoms=not args.no_phantoms)
