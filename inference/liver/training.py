@@ -553,21 +553,19 @@ def _train(recipe: ModelRecipe, out_dir: Path, settings: TrainingSettings, data_
     return manifest
 
 
-def initial_model(recipe: ModelRecipe, manifest_path: str,
-                  architecture: dict[str, Any] | None = None) -> lw.LiverSegmenter:
-    """The model at *manifest_path*, checked to be of *recipe*, for training to start from.
+def initial_model(recipe: ModelRecipe, manifest_path: str, architecture: dict[str, Any]) -> lw.LiverSegmenter:
+    """The model at *manifest_path*, checked to be of *recipe* and *architecture*, for training to start from.
 
-    A model of another recipe (network, *architecture* — the recipe's when None —
-    channels or modality) is refused: fine-tuning would silently start from
-    unrelated weights. Loading leaves torch's random state as it was, so a run stays seeded.
+    A model of another recipe (network, architecture, channels or modality)
+    is refused: fine-tuning would silently start from unrelated weights.
+    Loading leaves torch's random state as it was, so a run stays seeded.
     """
-    architecture_wanted = architecture or recipe.architecture
     with torch.random.fork_rng():
         start = lw.LiverSegmenter.load(manifest_path, device="cpu")
     wanted = {"model_kind": recipe.model_kind, "channels": list(recipe.channels), "modality": recipe.modality,
-              **{f"architecture {k}": v for k, v in architecture_wanted.items()}}
+              **{f"architecture {k}": v for k, v in architecture.items()}}
     found = {"model_kind": start.manifest["model_kind"], "channels": list(start.channels), "modality": start.modality,
-             **{f"architecture {k}": start.manifest["architecture"].get(k) for k in architecture_wanted}}
+             **{f"architecture {k}": start.manifest["architecture"].get(k) for k in architecture}}
     differs = [key for key in wanted if wanted[key] != found[key]]
     if differs:
         raise TrainingDataError(
@@ -812,14 +810,14 @@ def _fine_tuning_lines(manifests: Sequence[tuple[str, dict[str, Any]]]) -> list[
         t = m["training"]
         s, start = t["settings"], t.get("initial_weights")
         crops = "lesion-balanced tumour crops (a lesion picked first, then a voxel in it), " if s.get("crop_by_lesion") else ""
+        optimiser = f"{crops}Adam lr {s['learning_rate']:g} with cosine decay."
         if start:
             lines.append(f"* `{m['model_version']}`: started from `{start['model_version']}` "
                          f"(sha256 `{start['weights_sha256'][:16]}…`) and trained {t['steps_run']} more steps with "
-                         f"{crops}Adam lr {s['learning_rate']:g} with cosine decay.")
+                         f"{optimiser}")
         elif crops or s.get("widths"):
             widths = f"widths {'-'.join(map(str, s['widths']))}, " if s.get("widths") else ""
-            lines.append(f"* `{m['model_version']}`: trained from scratch, {t['steps_run']} steps with {widths}"
-                         f"{crops}Adam lr {s['learning_rate']:g} with cosine decay.")
+            lines.append(f"* `{m['model_version']}`: trained from scratch, {t['steps_run']} steps with {widths}{optimiser}")
     return ["", *lines] if lines else []
 
 
