@@ -394,13 +394,18 @@ def synth_liver_dce(out_dir: Path, seed: int, as_4d: bool, shape: str | None, sp
 @click.option("--seed", default=0, show_default=True, type=int)
 @click.option("--shape", default=None, help="Z,Y,X voxels (default 48,128,128).")
 @click.option("--spacing", default=None, help="Z,Y,X mm (default 4,3,3).")
-def synth_liver_ct(out_dir: Path, seed: int, shape: str | None, spacing: str | None) -> None:
-    """A portal-venous liver CT phantom with ground truth and a truth SEG."""
+@click.option("--phases", default=None,
+              help="Comma-separated contrast phases for a multi-phase CT, one series each "
+                   "(pre, arterial, portal, delayed; e.g. arterial,portal). Default: one portal-venous series.")
+def synth_liver_ct(out_dir: Path, seed: int, shape: str | None, spacing: str | None, phases: str | None) -> None:
+    """A liver CT phantom (portal venous, or the --phases of a multi-phase CT) with ground truth and a
+    truth SEG."""
     from inference.liver.phantom import PhantomParameterError, simulate_liver_ct
     from inference.liver.phantom_dicom import write_liver_ct_study
 
     try:
-        phantom = simulate_liver_ct(seed, **_liver_geometry(shape, spacing))
+        phantom = simulate_liver_ct(seed, **_liver_geometry(shape, spacing),
+                                    phases=[p.strip() for p in phases.split(",") if p.strip()] if phases else None)
     except PhantomParameterError as exc:
         raise click.BadParameter(str(exc)) from exc
     write_liver_ct_study(phantom, out_dir, seed=seed)

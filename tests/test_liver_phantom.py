@@ -190,6 +190,37 @@ def test_mr_and_ct_intensities_are_plausible() -> None:
         assert -15 < np.mean(cyst.images[0][core]) < 35
 
 
+def test_multiphase_ct_is_the_same_case_seen_at_each_phase_with_motion_between_them() -> None:
+    kinds = [LesionKind.FNH, LesionKind.HCC]
+    single = simulate_liver_ct(45, lesion_kinds=kinds, **COARSE)
+    multi = simulate_liver_ct(45, lesion_kinds=kinds, phases=("pre", "arterial", "portal"), **COARSE)
+    still = simulate_liver_ct(45, lesion_kinds=kinds, phases=("pre", "arterial", "portal"), motion_mm=0.0, **COARSE)
+    assert multi.channels == ("pre", "arterial", "portal") and multi.modality == "CT"
+    assert np.array_equal(single.labels, multi.labels) and single.lesions == multi.lesions
+    assert multi.channel_index("ct") == 2, "a single-series CT model reads the portal-venous image"
+    assert np.all(multi.motion_mm[2] == 0) and np.abs(multi.motion_mm[:2]).max() > 0.5
+    assert np.all(still.motion_mm == 0)
+    # The portal image is the single-phase CT up to noise (10-20 HU each).
+    assert np.median(np.abs(still.channel("portal") - single.images[0])) < 25
+    liver = _core(still.labels == 1)
+    level = {c: float(np.median(still.channel(c)[liver])) for c in still.channels}
+    assert 40 < level["pre"] < 75 < level["portal"], level  # unenhanced liver ~55 HU, enhanced ~110 HU
+    assert np.percentile(still.channel("arterial"), 99.9) > np.percentile(still.channel("portal"), 99.9), \
+        "the aorta is brightest in the arterial phase"
+    # FNH: arterial hyper-enhancement that the portal phase hides (iso), HCC: arterial enhancement, portal washout.
+    for lesion in still.lesions:
+        core = _core(still.lesion_labels == lesion.index)
+        if core.sum() < 3:
+            continue
+        contrast = {c: float(np.median(still.channel(c)[core])) - level[c] for c in ("arterial", "portal")}
+        if lesion.kind is LesionKind.FNH:
+            assert contrast["arterial"] > 20 and abs(contrast["portal"]) < contrast["arterial"] / 2, contrast
+        else:
+            assert contrast["arterial"] > contrast["portal"], contrast
+    with pytest.raises(PhantomParameterError, match="CT phases"):
+        simulate_liver_ct(45, phases=("arterial", "t2"), **COARSE)
+
+
 def test_clinical_data_follow_the_lesion_kind() -> None:
     rng = np.random.default_rng(0)
 
@@ -311,6 +342,28 @@ def test_ct_study_reads_back_in_hounsfield_units(tmp_path: Path) -> None:
     assert_valid_dicom(out / "ground_truth" / "truth-seg.dcm", expected_iod="Segmentation")
 
 
+def test_multiphase_ct_study_has_a_series_per_phase_timed_after_the_injection(tmp_path: Path) -> None:
+    phantom = simulate_liver_ct(11, phases=("pre", "arterial", "portal"), **COARSE)
+    out = write_liver_ct_study(phantom, tmp_path)
+    truth = json.loads((out / "ground_truth" / "truth.json").read_text())
+    assert truth["reference_channel"] == "portal" and set(truth["series"]) == {"pre", "arterial", "portal"}
+    headers = {}
+    for phase, series in truth["series"].items():
+        files = sorted((out / series["folder"]).glob("*.dcm"))
+        assert_valid_dicom(files[0], expected_iod="CTImage")
+        headers[phase] = dcmread(files[0], stop_before_pixels=True)
+        volume = read_series(files)
+        k = phantom.channel_index(phase)
+        assert np.abs(volume.array - np.clip(phantom.images[k], -1024, 3071)).max() <= 0.5 + 1e-4
+    assert "ContrastBolusAgent" not in headers["pre"] and "ContrastBolusAgent" in headers["arterial"]
+    assert len({str(h.SeriesInstanceUID) for h in headers.values()}) == 3
+    assert len({str(h.FrameOfReferenceUID) for h in headers.values()}) == 1
+    assert headers["pre"].AcquisitionTime < headers["arterial"].AcquisitionTime < headers["portal"].AcquisitionTime
+    bolus = headers["arterial"].ContrastBolusStartTime
+    assert bolus == headers["portal"].ContrastBolusStartTime and headers["pre"].AcquisitionTime < bolus
+    assert_valid_dicom(out / "ground_truth" / "truth-seg.dcm", expected_iod="Segmentation")
+
+
 def test_cli_writes_phantom_studies(tmp_path: Path) -> None:
     from node.cli import main
 
@@ -324,6 +377,12 @@ def test_cli_writes_phantom_studies(tmp_path: Path) -> None:
                                   "--shape", "32,96,96", "--spacing", "5,4,4"])
     assert result.exit_code == 0, result.output
     assert len(list((tmp_path / "ct").glob("*/IM_*.dcm"))) == 32
+    result = runner.invoke(main, ["synth", "liver-ct", str(tmp_path / "ct2"), "--seed", "2", "--phases",
+                                  "arterial,portal", "--shape", "32,96,96", "--spacing", "5,4,4"])
+    assert result.exit_code == 0, result.output
+    assert "arterial" in result.output and len(list((tmp_path / "ct2").glob("*/IM_*.dcm"))) == 2 * 32
+    result = runner.invoke(main, ["synth", "liver-ct", str(tmp_path / "bad-phase"), "--phases", "arterial,hbp"])
+    assert result.exit_code != 0 and "CT phases" in result.output
     result = runner.invoke(main, ["synth", "liver-ct", str(tmp_path / "bad"), "--shape", "8,16,16"])
     assert result.exit_code != 0 and "field of view" in result.output
     result = runner.invoke(main, ["synth", "liver-lesions", str(tmp_path / "lesions"), "--seed", "4",

@@ -137,12 +137,19 @@ class LiverPhantom:
     #: Time of each channel after injection (s); NaN for T2 and DWI.
     channel_times_s: tuple[float, ...] = ()
 
-    def channel(self, name: str) -> np.ndarray:
-        """The image of one channel, e.g. ``phantom.channel("arterial")``."""
+    def channel_index(self, name: str) -> int:
+        """Where channel *name* is in :attr:`images`. ``"ct"`` (a single-series CT model's input) is
+        the portal-venous image of a multi-phase CT phantom."""
+        if name == "ct" and self.modality == "CT" and name not in self.channels:
+            name = "portal"
         try:
-            return self.images[self.channels.index(name)]
+            return self.channels.index(name)
         except ValueError:
             raise KeyError(f"channel {name!r} not simulated; this phantom has {self.channels}") from None
+
+    def channel(self, name: str) -> np.ndarray:
+        """The image of one channel, e.g. ``phantom.channel("arterial")``."""
+        return self.images[self.channel_index(name)]
 
     @property
     def reference_channel(self) -> str:
@@ -814,8 +821,9 @@ class _Renderer:
     """Turns layers into channel images (tissue physics at each phase time)."""
 
     def __init__(self, anatomy: _Anatomy, kinetics: Kinetics, protocol: MRProtocol, shape: tuple[int, int, int],
-                 gains: dict[str, float], hu_per_unit: float = 118.0) -> None:
+                 gains: dict[str, float], hu_per_unit: float = 118.0, modality: str = "MR") -> None:
         self.anatomy = anatomy
+        self.modality = modality
         self.kinetics = kinetics
         self.protocol = protocol
         self.shape = shape
@@ -832,8 +840,9 @@ class _Renderer:
 
     def signal(self, layer: _Layer, channel: str) -> np.ndarray | float:
         tissue = layer.tissue
-        if channel == "ct":
-            conc = concentration(self.curve(tissue), self.kinetics.phase_time("portal"), layer.delay_s)
+        if self.modality == "CT":  # channel: a DCE phase, or "ct" for the portal-venous phase
+            phase = "portal" if channel == "ct" else channel
+            conc = concentration(self.curve(tissue), self.kinetics.phase_time(phase), layer.delay_s)
             return tissue.hu + self.hu_per_unit * conc * layer.enhancement + layer.hu_offset
         m0 = effective_m0(tissue, channel, self.protocol) * layer.m0_scale
         gain = self.gains[channel]
@@ -845,7 +854,7 @@ class _Renderer:
         return gain * t1w_signal(m0, tissue.t1_ms, conc * layer.enhancement, self.protocol)
 
     def render(self, channel: str) -> np.ndarray:
-        background = -1000.0 if channel == "ct" else 0.0
+        background = -1000.0 if self.modality == "CT" else 0.0
         image = np.full(self.shape, background, dtype=np.float32)
         for layer in self.anatomy.layers:
             value = self.signal(layer, channel)
@@ -1048,24 +1057,52 @@ def simulate_liver_mr(seed: int, *, shape: Sequence[int] = DEFAULT_SHAPE,
 def simulate_liver_ct(seed: int, *, shape: Sequence[int] = DEFAULT_SHAPE,
                       spacing: Sequence[float] = DEFAULT_SPACING, n_lesions: int | None = None,
                       lesion_kinds: Sequence[LesionKind | int] | None = None,
-                      noise_hu: float | None = None) -> LiverPhantom:
-    """Simulate a portal-venous CT of the same kind of case (one channel, ``"ct"``, in HU).
+                      noise_hu: float | None = None, phases: Sequence[str] | None = None,
+                      motion_mm: float = DEFAULT_MOTION_MM) -> LiverPhantom:
+    """Simulate a contrast CT of the same kind of case, in HU.
 
-    ``noise_hu`` is the standard deviation of the (in-plane correlated)
-    noise; random between 10 and 20 HU when None.
+    With ``phases`` None: one portal-venous image, channel ``"ct"``. With
+    ``phases`` (DCE phase names, e.g. ``("arterial", "portal")``): a multi-phase
+    liver CT, one channel per phase named after it, each with its own noise
+    and, relative to the portal phase, a rigid shift of up to ``motion_mm``
+    (the patient breathes between the phases' breath-holds). ``noise_hu`` is
+    the standard deviation of the (in-plane correlated) noise; random between
+    10 and 20 HU when None. The case (anatomy, lesions, kinetics) for a seed is
+    the same with or without ``phases``.
     """
     if noise_hu is not None and noise_hu < 0:
         raise PhantomParameterError(f"noise_hu must be non-negative, got {noise_hu}")
+    channels = ("ct",) if phases is None else tuple(phases)
+    if phases is not None and (not channels or len(set(channels)) != len(channels)
+                               or any(c not in DCE_PHASES for c in channels)):
+        raise PhantomParameterError(f"CT phases must be distinct names from {DCE_PHASES}, got {channels}")
+    if motion_mm < 0:
+        raise PhantomParameterError(f"motion_mm must be non-negative, got {motion_mm}")
     rng, grid, anatomy, kinetics, clinical, _kinds = _simulate(seed, shape, spacing, n_lesions, lesion_kinds)
-    renderer = _Renderer(anatomy, kinetics, MRProtocol(), grid.shape, {}, hu_per_unit=rng.uniform(95, 120))
-    image = renderer.render("ct")
+    renderer = _Renderer(anatomy, kinetics, MRProtocol(), grid.shape, {}, hu_per_unit=rng.uniform(95, 120),
+                         modality="CT")
     sigma = rng.uniform(10.0, 20.0) if noise_hu is None else noise_hu
-    noise = rng.standard_normal(grid.shape, dtype=np.float32)
-    for axis in (1, 2):  # reconstruction kernel: neighbouring pixels' noise is correlated
-        noise = 0.25 * np.roll(noise, 1, axis) + 0.5 * noise + 0.25 * np.roll(noise, -1, axis)
-    noise *= sigma / max(float(noise.std()), 1e-6)
-    image = np.clip(image + noise, -1024.0, 3071.0).astype(np.float32)
+    if phases is None:
+        motion = np.zeros((1, 3))
+    else:
+        motion = _channel_motion(rng, channels, "portal" if "portal" in channels else channels[0], motion_mm)
+    images = np.empty((len(channels), *grid.shape), dtype=np.float32)
+    for i, channel in enumerate(channels):
+        image = renderer.render(channel)
+        if motion[i].any():
+            image = _shift(image, motion[i] / np.array(grid.spacing))
+        images[i] = np.clip(image + _ct_noise(rng, grid.shape, sigma), -1024.0, 3071.0)
     labels, lesion_labels, lesions = _truth(anatomy, grid)
-    return LiverPhantom(images=image[None], channels=("ct",), labels=labels, lesion_labels=lesion_labels,
-                        lesions=lesions, spacing=grid.spacing, modality="CT", motion_mm=np.zeros((1, 3)),
-                        clinical=clinical, seed=seed, channel_times_s=(kinetics.phase_time("portal"),))
+    times = tuple(kinetics.phase_time("portal" if c == "ct" else c) for c in channels)
+    return LiverPhantom(images=images, channels=channels, labels=labels, lesion_labels=lesion_labels,
+                        lesions=lesions, spacing=grid.spacing, modality="CT", motion_mm=motion,
+                        clinical=clinical, seed=seed, channel_times_s=times)
+
+
+def _ct_noise(rng: np.random.Generator, shape: Sequence[int], sigma: float) -> np.ndarray:
+    """CT noise of standard deviation *sigma* HU, correlated between neighbouring pixels in-plane
+    (the reconstruction kernel)."""
+    noise = rng.standard_normal(tuple(shape), dtype=np.float32)
+    for axis in (1, 2):
+        noise = 0.25 * np.roll(noise, 1, axis) + 0.5 * noise + 0.25 * np.roll(noise, -1, axis)
+    return noise * (sigma / max(float(noise.std()), 1e-6))

@@ -330,25 +330,66 @@ def write_liver_lesion_study(out_dir: str | Path, seed: int, *,
     return out
 
 
+#: How each CT phase is described and numbered in a multi-phase study (the way scanners name them).
+_CT_SERIES = {
+    "pre": (2, "Abdomen native 3.0 Br40", "Liver unenhanced"),
+    "arterial": (3, "Abdomen arterial 3.0 Br40", "Liver late arterial"),
+    "portal": (4, "Abdomen PV 3.0 Br40", "Liver portal venous"),
+    "delayed": (5, "Abdomen delayed 3.0 Br40", "Liver delayed"),
+}
+#: The single-series CT study: one portal-venous series.
+_CT_SINGLE_SERIES = (3, "Abdomen PV 3.0 Br40", "Liver portal venous")
+
+
 def write_liver_ct_study(phantom: LiverPhantom, out_dir: str | Path, seed: int | None = None) -> Path:
-    """Write a CT phantom as one portal-venous CT series with ground truth beside it; returns ``out_dir``."""
+    """Write a CT phantom with ground truth beside it; returns ``out_dir``.
+
+    A single-phase phantom (channel ``"ct"``) becomes one portal-venous series;
+    a multi-phase one a series per phase, acquired at its time after the
+    injection (the unenhanced one before it, without ``ContrastBolusAgent``).
+    The truth SEG lies on the portal-venous series.
+    """
     if phantom.modality != "CT":
         raise PhantomWriteError(f"write_liver_ct_study needs a CT phantom, got {phantom.modality}")
     seed = phantom.seed if seed is None else seed
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    base = _patient_and_study(phantom, seed, "CT abdomen portal venous (phantom)")
-    scan = _STUDY_START + timedelta(seconds=300)
-    injection = scan - timedelta(seconds=float(phantom.channel_times_s[0]))
-    uid = _uid(seed, "series-ct")
+    single = phantom.channels == ("ct",)
+    base = _patient_and_study(phantom, seed, "CT abdomen portal venous (phantom)" if single
+                              else "CT liver multiphase (phantom)")
+    times = dict(zip(phantom.channels, phantom.channel_times_s))
+    # The portal-venous series (or the last phase) is acquired 5 minutes into the study.
+    last = times["ct"] if single else times.get("portal", max(times.values()))
+    injection = _STUDY_START + timedelta(seconds=300.0 - float(last))
+    series: dict[str, dict[str, object]] = {}
+    for index, channel in enumerate(phantom.channels):
+        number, description, protocol = _CT_SINGLE_SERIES if single else _CT_SERIES[channel]
+        scan = injection + timedelta(seconds=float(times[channel]) if channel != "pre" else -120.0)
+        key = "series-ct" if single else f"series-ct-{channel}"
+        ds = _ct_template(base, phantom, _uid(seed, key), number, description, protocol, scan)
+        if channel != "pre":
+            _contrast(ds, CONTRAST_AGENT_CT, injection, 100.0)
+        stored = np.clip(np.rint(phantom.images[index] - CT_RESCALE_INTERCEPT), 0, 4095).astype("<u2")
+        folder = out / f"{number:02d}_{description.replace(' ', '_')}"
+        paths = _instances(ds, phantom, stored, folder, seed, key)
+        series[channel] = {"series_instance_uid": ds.SeriesInstanceUID, "series_number": number,
+                           "series_description": description, "folder": folder.name, "n_instances": len(paths)}
+    reference = "ct" if single else phantom.reference_channel
+    _write_truth(phantom, out, seed, series, reference, injection_time=_tm(injection))
+    log.info("wrote liver CT phantom study", extra={"series": len(series), "lesions": len(phantom.lesions)})
+    return out
+
+
+def _ct_template(base: Dataset, phantom: LiverPhantom, series_uid: str, number: int, description: str,
+                 protocol: str, scan: datetime) -> Dataset:
     ds = Dataset()
     ds.update(base)
     ds.SOPClassUID = CTImageStorage
     ds.Modality = "CT"
-    ds.SeriesInstanceUID = uid
-    ds.SeriesNumber = 3
-    ds.SeriesDescription = "Abdomen PV 3.0 Br40"
-    ds.ProtocolName = "Liver portal venous"
+    ds.SeriesInstanceUID = series_uid
+    ds.SeriesNumber = number
+    ds.SeriesDescription = description
+    ds.ProtocolName = protocol
     ds.ImageType = ["ORIGINAL", "PRIMARY", "AXIAL"]
     ds.SeriesDate = ds.AcquisitionDate = ds.ContentDate = scan.strftime("%Y%m%d")
     ds.SeriesTime = ds.AcquisitionTime = ds.ContentTime = _tm(scan)
@@ -368,15 +409,7 @@ def write_liver_ct_study(phantom: LiverPhantom, out_dir: str | Path, seed: int |
     ds.RescaleSlope = "1"
     ds.RescaleType = "HU"
     ds.WindowCenter, ds.WindowWidth = "60", "400"
-    _contrast(ds, CONTRAST_AGENT_CT, injection, 100.0)
-    stored = np.clip(np.rint(phantom.images[0] - CT_RESCALE_INTERCEPT), 0, 4095).astype("<u2")
-    folder = out / "03_Abdomen_PV_3.0_Br40"
-    paths = _instances(ds, phantom, stored, folder, seed, "series-ct")
-    series = {"ct": {"series_instance_uid": uid, "series_number": 3, "series_description": ds.SeriesDescription,
-                     "folder": folder.name, "n_instances": len(paths)}}
-    _write_truth(phantom, out, seed, series, "ct", injection_time=_tm(injection))
-    log.info("wrote liver CT phantom study", extra={"lesions": len(phantom.lesions)})
-    return out
+    return ds
 
 
 # --------------------------------------------------------------------------- ground truth
