@@ -4,7 +4,9 @@ Writes, with the liver simulator's DICOM writers, to a temporary folder:
 
 * a DCE-MRI study of 4 phases (pre, arterial, portal, delayed) as separate
   series of 256×256×64 (1.5 × 1.5 × 3 mm), with motion between the phases;
-* a portal venous CT of 512×512×100 (0.8 × 0.8 × 2.5 mm).
+* a portal venous CT of 512×512×100 (0.8 × 0.8 × 2.5 mm);
+* a multi-phase CT: arterial and portal venous series of that size, with
+  motion between them (the pipeline's multi-phase CT model).
 
 Then, for each study, in a fresh Python process each (so one run's memory
 cannot hide in another's):
@@ -25,7 +27,7 @@ and under 4 GB each, on 2 CPU cores) are met. Torch uses ``--threads`` threads
 
 Run from the repository root::
 
-    .venv/bin/python benchmarks/bench_liver_seg.py [--only mr|ct] [--threads 2] [--keep DIR]
+    .venv/bin/python benchmarks/bench_liver_seg.py [--only mr|ct|ct-multiphase] [--threads 2] [--keep DIR]
         [--weights MR_MANIFEST] [--ct-weights CT_MANIFEST]
 """
 
@@ -47,6 +49,8 @@ TARGET_SECONDS = 60.0
 TARGET_BYTES = 4 * 1024**3
 MR_SHAPE, MR_SPACING = (64, 256, 256), (3.0, 1.5, 1.5)
 CT_SHAPE, CT_SPACING = (100, 512, 512), (2.5, 0.8, 0.8)
+LABELS = {"mr": "MR 256x256x64 x 4 phases", "ct": "CT 512x512x100",
+          "ct-multiphase": "CT 512x512x100 x 2 phases (arterial, portal)"}
 
 
 def write_studies(root: Path, which: list[str], seed: int) -> dict[str, Path]:
@@ -56,6 +60,7 @@ def write_studies(root: Path, which: list[str], seed: int) -> dict[str, Path]:
         write_liver_ct_study,
         write_liver_dce_study,
     )
+    from inference.liver.phases import CT_MULTIPHASE_PHASES
 
     studies = {}
     if "mr" in which:
@@ -71,6 +76,13 @@ def write_studies(root: Path, which: list[str], seed: int) -> dict[str, Path]:
         studies["ct"] = write_liver_ct_study(phantom, root / "ct", seed=seed)
         print(f"wrote the CT study ({CT_SHAPE[2]}x{CT_SHAPE[1]}x{CT_SHAPE[0]}) in "
               f"{time.perf_counter() - started:.1f} s", flush=True)
+        del phantom
+    if "ct-multiphase" in which:
+        started = time.perf_counter()
+        phantom = simulate_liver_ct(seed, shape=CT_SHAPE, spacing=CT_SPACING, n_lesions=3, phases=CT_MULTIPHASE_PHASES)
+        studies["ct-multiphase"] = write_liver_ct_study(phantom, root / "ct-multiphase", seed=seed)
+        print(f"wrote the multi-phase CT study ({CT_SHAPE[2]}x{CT_SHAPE[1]}x{CT_SHAPE[0]} x "
+              f"{len(CT_MULTIPHASE_PHASES)} phases) in {time.perf_counter() - started:.1f} s", flush=True)
     return studies
 
 
@@ -147,7 +159,7 @@ def _gib(value: float) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--only", choices=["mr", "ct"], default=None)
+    parser.add_argument("--only", choices=list(LABELS), default=None)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--seed", type=int, default=7)
     parser.add_argument("--keep", type=Path, default=None, help="Write the studies here and keep them.")
@@ -161,7 +173,7 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps(child(args.child, args.study, args.threads, json.loads(args.options))))
         return 0
 
-    which = [args.only] if args.only else ["mr", "ct"]
+    which = [args.only] if args.only else list(LABELS)
     options = {key: str(path) for key, path in (("weights", args.weights), ("ct_weights", args.ct_weights)) if path}
     with tempfile.TemporaryDirectory(prefix="bench-liver-") as tmp:
         root = args.keep or Path(tmp)
@@ -173,8 +185,7 @@ def main(argv: list[str] | None = None) -> int:
             run = measure("pipeline", folder, args.threads, options)
             ok = run["seconds"] < TARGET_SECONDS and run["peak_rss_bytes"] < TARGET_BYTES and "error" not in run
             failed |= not ok
-            label = "MR 256x256x64 x 4 phases" if name == "mr" else "CT 512x512x100"
-            print(f"{label}:")
+            print(f"{LABELS[name]}:")
             print(f"  dicom_io read (peer): {peer['seconds']:7.2f} s   peak RSS {_gib(peer['peak_rss_bytes'])}")
             print(f"  pipeline:             {run['seconds']:7.2f} s   peak RSS {_gib(run['peak_rss_bytes'])}"
                   f"   (read+identify+register {run.get('read_register_s')} s, {run.get('lesions')} lesion(s), "

@@ -484,6 +484,7 @@ def _add_liver_training_command(name: str, what: str) -> None:
 
 _add_liver_training_command("liver-seg-mr", "4D DCE-MRI liver/tumour fused U-Net")
 _add_liver_training_command("liver-seg-ct", "CT liver/tumour 3D U-Net")
+_add_liver_training_command("liver-seg-ct-multiphase", "arterial + portal-venous CT liver/tumour 3D U-Net")
 _add_liver_training_command("liver-seg-mr-baseline", "single-phase (portal) MR 3D U-Net baseline")
 
 
@@ -541,19 +542,23 @@ def evaluate_liver_cls(ctx: click.Context) -> None:
               help="Manifest of the model to score (default: the committed one for --modality).")
 @click.option("--baseline", "baseline_path", default=None,
               type=click.Path(exists=True, dir_okay=False, path_type=Path),
-              help="MR only: manifest of the single-phase baseline (default: the committed one).")
+              help="Manifest of the single-phase model it is compared with (MR: the portal-phase baseline; "
+                   "CT: the portal-venous model; default: the committed one).")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 def evaluate_liver_seg(modality: str, cases: int, first_seed: int, model_path: Path | None,
                        baseline_path: Path | None, as_json: bool) -> None:
     """Liver/tumour Dice, IoU, HD95, precision, recall and lesion detection on held-out phantoms
-    (MR: the 4D model beside the single-phase baseline)."""
+    (MR: the 4D model beside the single-phase baseline; CT: the multi-phase model beside the
+    portal-venous one)."""
     from inference.liver.comparison import compare_models, format_comparison
     from inference.liver.weights import LiverModelError, default_weights
 
-    models: dict[str, str | Path] = {"4D fused U-Net" if modality == "mr" else "CT U-Net":
-                                     model_path or default_weights(modality)}
     if modality == "mr":
-        models["single-phase baseline"] = baseline_path or default_weights("mr-baseline")
+        models: dict[str, str | Path] = {"4D fused U-Net": model_path or default_weights("mr"),
+                                         "single-phase baseline": baseline_path or default_weights("mr-baseline")}
+    else:
+        models = {"multi-phase CT U-Net": model_path or default_weights("ct-multiphase"),
+                  "portal-venous CT U-Net": baseline_path or default_weights("ct")}
     try:
         report = compare_models(modality, cases, first_seed, models,
                                 log=None if as_json else lambda line: click.echo(line, err=True))

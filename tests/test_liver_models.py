@@ -486,3 +486,33 @@ def test_site_study_with_a_seg_is_read_onto_the_portal_grid_with_its_phases_alig
         assert registered > 0.95 and registered >= raw - 1e-6
     with pytest.raises(training.TrainingDataError, match="no study folders"):
         training.site_cases(tmp_path / "study-a" / "ground_truth", recipe, training.TrainingSettings(), print)
+
+
+def test_a_multiphase_ct_model_trains_on_registered_phases_and_reads_a_site_study_as_the_pipeline_does(tmp_path):
+    from inference.liver import phantom as ph
+    from inference.liver import training
+    from inference.liver.phantom_dicom import write_liver_ct_study
+
+    recipe = training.MODEL_RECIPES["liver-seg-ct-multiphase"]
+    assert recipe.modality == "CT" and recipe.channels == ("arterial", "portal")
+    settings = training.TrainingSettings(steps=2, pool_size=1, refresh_every=0, evaluation_cases=0,
+                                         patch_size=(8, 32, 32), inference_patch_size=(16, 32, 32), batch_size=1)
+    manifest = training.train_liver_model(recipe.name, tmp_path / "model", settings, log=lambda _: None)
+    assert manifest["input"]["channels"] == ["arterial", "portal"] and manifest["input"]["modality"] == "CT"
+    segmenter = lw.LiverSegmenter.load(tmp_path / "model" / "liver-seg-ct-multiphase-v1.json", device="cpu")
+    assert segmenter.channels == ("arterial", "portal") and manifest["architecture"]["in_channels"] == 2
+    assert "pacsnode train liver-seg-ct-multiphase --seed 0 --steps 2 " in (
+        tmp_path / "model" / training.MODEL_CARD).read_text()
+
+    phantom = ph.simulate_liver_ct(12, n_lesions=2, phases=("arterial", "portal"), motion_mm=6.0)
+    write_liver_ct_study(phantom, tmp_path / "site" / "study-a")
+    channels, labels, spacing = training.load_site_study(tmp_path / "site" / "study-a", recipe)
+    assert channels.shape == (2, *phantom.labels.shape) and spacing == pytest.approx(phantom.spacing)
+    assert np.array_equal(labels, phantom.labels)
+    aligned = training.aligned_phantom_channels(phantom, recipe.channels)
+    raw = np.corrcoef(channels[0].ravel(), phantom.images[0].ravel())[0, 1]
+    registered = np.corrcoef(channels[0].ravel(), aligned[0].ravel())[0, 1]
+    assert registered > 0.95 and registered >= raw - 1e-6, (raw, registered)
+    # The same study read for the single-series CT model gives its portal-venous series.
+    single, _, _ = training.load_site_study(tmp_path / "site" / "study-a", training.MODEL_RECIPES["liver-seg-ct"])
+    assert np.array_equal(single[0], channels[1])

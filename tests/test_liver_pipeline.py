@@ -20,6 +20,7 @@ from inference.base import PipelineInputError, SeriesInput, StudyInput
 from inference.liver.phantom import simulate_liver_ct, simulate_liver_mr
 from inference.liver.phantom_dicom import write_liver_ct_study, write_liver_dce_study
 from inference.liver.phases import (
+    CT_MULTIPHASE_PHASES,
     PhaseIdentificationError,
     PhaseRules,
     identify_liver_study,
@@ -39,6 +40,7 @@ SR_CLASS = "1.2.840.10008.5.1.4.1.1.88.33"
 SC_CLASS = "1.2.840.10008.5.1.4.1.1.7"
 MR_WEIGHTS = default_weights("mr")
 CT_WEIGHTS = default_weights("ct")
+CT_MULTIPHASE_WEIGHTS = default_weights("ct-multiphase")
 
 
 def _tm(seconds: float) -> str:
@@ -170,6 +172,28 @@ def test_ct_study_takes_the_portal_venous_series(tmp_path):
     assert found.modality == "CT" and found.phases["ct"].series == portal
     with pytest.raises(PhaseIdentificationError, match="no CT image series"):
         identify_liver_study(study.series[:0] + [study.add("T1 VIBE pre")], modality="ct")
+
+
+def test_multiphase_ct_phases_are_found_by_description_or_by_contrast_timing(tmp_path):
+    study = _Study(tmp_path / "described")
+    study.add("Topogram", modality="CT", slices=1)
+    study.add("Abdomen native 5mm", modality="CT", acquisition_s=35900)
+    study.add("Abdomen arterial 1.5mm", modality="CT", acquisition_s=36035)
+    study.add("Abdomen PV 3mm", modality="CT", acquisition_s=36070)
+    study.add("Dose Report", modality="CT", slices=1)
+    found = identify_liver_study(study.series, phases=CT_MULTIPHASE_PHASES)
+    assert found.modality == "CT"
+    assert _phase_descriptions(found) == {"arterial": "Abdomen arterial 1.5mm", "portal": "Abdomen PV 3mm"}
+    timed = _Study(tmp_path / "timed")
+    bolus = 36000.0
+    for delay in (70, -90, 35):  # one description for all: only ContrastBolusStartTime tells them apart
+        timed.add("Abdomen 3.0 Br40", modality="CT", acquisition_s=bolus + delay,
+                  bolus_start_s=None if delay < 0 else bolus, agent=None if delay < 0 else "Iohexol")
+    found = identify_liver_study(timed.series, phases=("pre", *CT_MULTIPHASE_PHASES))
+    assert {phase: source.series.number for phase, source in found.phases.items()} == \
+        {"pre": 2, "arterial": 3, "portal": 1}
+    with pytest.raises(PhaseIdentificationError, match="no arterial phase"):
+        identify_liver_study([timed.series[0]], phases=CT_MULTIPHASE_PHASES)
 
 
 # --------------------------------------------------------------------------- the pipeline on phantom studies
@@ -304,6 +328,54 @@ def test_ct_study_gives_a_valid_seg_and_sr_matching_the_truth(tmp_path):
     outputs = LiverSegmentationPipeline().run(study, {"overlay": False, "modality": "ct"})
     [ct] = [s for s in study.series if s.modality == "CT"]
     _check_seg_and_sr(outputs, ct, phantom.labels, overlay=False)
+
+
+@pytest.fixture(scope="module")
+def multiphase_ct_phantom():  # type: ignore[no-untyped-def]
+    return simulate_liver_ct(6, n_lesions=2, phases=CT_MULTIPHASE_PHASES, motion_mm=5.0)
+
+
+@pytest.fixture(scope="module")
+def multiphase_ct_folder(multiphase_ct_phantom, tmp_path_factory) -> Path:
+    return Path(write_liver_ct_study(multiphase_ct_phantom, tmp_path_factory.mktemp("ct-multiphase"), seed=6))
+
+
+def test_a_multiphase_ct_goes_to_the_multiphase_model_with_its_phases_registered(multiphase_ct_phantom,
+                                                                                 multiphase_ct_folder):
+    study = _study_input(multiphase_ct_folder)
+    prepared = prepare_study(study, LiverOptions.from_options({}))
+    assert prepared.modality == "CT" and prepared.weights == CT_MULTIPHASE_WEIGHTS
+    assert prepared.names == ("arterial", "portal") and prepared.reference_name == "portal"
+    assert prepared.images.shape == (2, *multiphase_ct_phantom.labels.shape)
+    truth = multiphase_ct_phantom.motion_mm[0] - multiphase_ct_phantom.motion_mm[1]
+    found = np.asarray(prepared.registrations["arterial"].shift_zyx_mm)
+    assert np.linalg.norm(truth) > 1.0 and np.abs(found - truth).max() < 1.0, (found, truth)
+    # The site chooses the portal-venous model, or insists on the multi-phase one.
+    single = prepare_study(study, LiverOptions.from_options({"ct_method": "single"}))
+    assert single.weights == CT_WEIGHTS and single.names == ("ct",) and not single.registrations
+    assert single.inputs.phases["ct"].series.description == "Abdomen PV 3.0 Br40"
+    with pytest.raises(PipelineInputError, match="ct_method 'both'"):
+        LiverOptions.from_options({"ct_method": "both"})
+
+
+def test_a_single_phase_ct_goes_to_the_portal_venous_model_unless_the_multiphase_one_is_required(tmp_path):
+    folder = Path(write_liver_ct_study(simulate_liver_ct(6, n_lesions=2, shape=(24, 96, 112)), tmp_path, seed=6))
+    study = _study_input(folder)
+    prepared = prepare_study(study, LiverOptions.from_options({}))
+    assert prepared.weights == CT_WEIGHTS and prepared.names == ("ct",)
+    with pytest.raises(PhaseIdentificationError, match="no arterial phase found among series: 'Abdomen PV"):
+        prepare_study(study, LiverOptions.from_options({"ct_method": "multiphase"}))
+
+
+@_needs(CT_MULTIPHASE_WEIGHTS)
+def test_multiphase_ct_study_gives_a_valid_seg_and_sr_on_the_portal_series(multiphase_ct_phantom,
+                                                                           multiphase_ct_folder):
+    study = _study_input(multiphase_ct_folder)
+    outputs = LiverSegmentationPipeline().run(study, {"overlay": False})
+    _check_seg_and_sr(outputs, _series_described(study, "PV"), multiphase_ct_phantom.labels, overlay=False)
+    [seg] = _by_class(outputs, SEG_CLASS)
+    parameters = str(seg.SegmentSequence[0].SegmentationAlgorithmIdentificationSequence[0].AlgorithmParameters)
+    assert "model=liver-seg-ct-multiphase-v" in parameters and "registration=arterial" in parameters, parameters
 
 
 @pytest.mark.parametrize("as_4d", [False, True], ids=["separate-series", "4d-series"])
@@ -445,3 +517,24 @@ def test_evaluate_command_compares_the_4d_model_with_the_baseline_on_held_out_ph
             summary["lesions"]["sensitivity_ge_10mm"] * summary["lesions"]["count_ge_10mm"])
     refused = CliRunner().invoke(main, ["evaluate", "liver-seg", "--cases", "1", "--seed", "1000"])
     assert refused.exit_code != 0 and "training" in refused.output
+
+
+@_needs(CT_MULTIPHASE_WEIGHTS)
+def test_evaluate_command_compares_the_multiphase_ct_model_with_the_portal_venous_one():
+    import json
+
+    from click.testing import CliRunner
+
+    from node.cli import main
+
+    result = CliRunner().invoke(main, ["evaluate", "liver-seg", "--modality", "ct", "--cases", "1", "--seed", "18",
+                                       "--json"])
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.output)
+    assert report["modality"] == "CT" and report["seeds"] == [18]
+    models = report["models"]
+    assert {entry["model"].rsplit("-v", 1)[0] for entry in models.values()} == {
+        "liver-seg-ct-multiphase", "liver-seg-ct"}
+    for entry in models.values():  # the same phantom for both: the same lesions to find
+        assert entry["summary"]["lesions"]["count"] == models["portal-venous CT U-Net"]["summary"]["lesions"]["count"]
+        assert entry["summary"]["liver"]["dice"] >= 0.9

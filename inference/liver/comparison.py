@@ -3,7 +3,9 @@
 For MR, the 4D fused U-Net and the single-phase 3D U-Net baseline run on the
 same held-out DCE phantoms, each phase first co-registered onto the portal
 venous phase exactly as the pipeline does (:mod:`dicom_io.registration`);
-for CT, the CT U-Net on held-out CT phantoms. Scores are
+for CT, the multi-phase CT U-Net (arterial + portal venous, registered the
+same way) and the single-phase one (portal venous) on the same held-out
+multi-phase CT phantoms. Scores are
 :mod:`inference.liver.evaluation`'s (Dice, IoU, HD95, precision, recall per
 class; lesion sensitivity overall and for lesions ≥ 10 mm; false positives
 per case), next to the issue's targets. Research use only.
@@ -33,13 +35,14 @@ def _phase_volumes(phantom: Any) -> dict[str, Any]:
 
 
 def phantom_channels(phantom: Any, channels: Sequence[str], register: bool = True) -> np.ndarray:
-    """``[P, z, y, x]`` of the phantom's *channels*, MR phases co-registered onto the portal phase."""
-    if phantom.modality == "MR" and register and len(phantom.channels) > 1:
+    """``[P, z, y, x]`` of the phantom's *channels*, co-registered onto the portal phase when the
+    model reads more than one."""
+    if register and len(channels) > 1:
         from dicom_io.registration import register_phases
 
         stacked = register_phases(_phase_volumes(phantom), "portal")
         return np.stack([stacked.array[stacked.names.index(c)] for c in channels])
-    return np.stack([np.asarray(phantom.images[phantom.channels.index(c)], np.float32) for c in channels])
+    return np.stack([np.asarray(phantom.channel(c), np.float32) for c in channels])
 
 
 def model_segmenter(weights: str | Path,
@@ -62,6 +65,7 @@ def compare_models(modality: str, cases: int, first_seed: int, models: dict[str,
     """Each of *models* (label → manifest) evaluated on the same ``cases`` phantoms from ``first_seed``."""
     from inference.liver.evaluation import EVALUATION_SEEDS, evaluate_on_phantoms
     from inference.liver.phantom import simulate_liver_ct, simulate_liver_mr
+    from inference.liver.phases import CT_MULTIPHASE_PHASES
     from inference.liver.training import aligned_phantom_channels
 
     seeds = list(range(first_seed, first_seed + cases))
@@ -69,7 +73,11 @@ def compare_models(modality: str, cases: int, first_seed: int, models: dict[str,
     if not set(seeds) <= held_out:
         raise ValueError(f"seeds {seeds[0]}…{seeds[-1]} are not all held-out evaluation seeds "
                          f"({min(held_out)}…{max(held_out)}); training seeds would flatter the models")
-    simulate = simulate_liver_ct if modality.upper() == "CT" else simulate_liver_mr
+    if modality.upper() == "CT":
+        def simulate(seed: int) -> Any:
+            return simulate_liver_ct(seed, phases=CT_MULTIPHASE_PHASES)
+    else:
+        simulate = simulate_liver_mr
     report: dict[str, Any] = {"modality": modality.upper(), "seeds": seeds, "targets": TARGETS, "models": {},
                               "intended_use": "research use only; simulated phantoms, not patients"}
     for label, weights in models.items():

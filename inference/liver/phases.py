@@ -45,6 +45,10 @@ log = logging.getLogger("pacsnode.liver")
 
 #: The DCE-MRI phases the liver models take, in acquisition order.
 DCE_PHASES: tuple[str, ...] = ("pre", "arterial", "portal", "delayed")
+#: The input of a single-series CT model: one (portal-venous) CT series, whatever its description.
+SINGLE_CT_CHANNELS: tuple[str, ...] = ("ct",)
+#: The phases of a multi-phase liver CT the committed multi-phase model reads, in acquisition order.
+CT_MULTIPHASE_PHASES: tuple[str, ...] = ("arterial", "portal")
 
 # Letters-only word boundaries: scanners write "t1_vibe_art", where \b would not split at "_".
 _B = r"(?<![a-z])"
@@ -363,14 +367,20 @@ def choose_modality(facts: Sequence[SeriesFacts], rules: PhaseRules, modality: s
 
 
 def identify_liver_study(series: Sequence[SeriesInput], rules: PhaseRules | None = None,
-                         modality: str | None = None, phases: Sequence[str] = DCE_PHASES) -> LiverStudyInputs:
-    """The DCE *phases* (MR) or the CT series of a liver study; ``modality`` forces "MR" or "CT"
-    (see :func:`choose_modality`)."""
+                         modality: str | None = None, phases: Sequence[str] | None = None) -> LiverStudyInputs:
+    """The inputs of a liver study; ``modality`` forces "MR" or "CT" (see :func:`choose_modality`).
+
+    *phases* are what the model reads: DCE phases (MR; all four when None), or for CT
+    :data:`SINGLE_CT_CHANNELS` (one CT series, the default) or the contrast phases of a
+    multi-phase CT, found as the MR phases are.
+    """
     rules = rules or PhaseRules()
     facts = [read_series_facts(s) for s in series if s.paths]
     if choose_modality(facts, rules, modality) == "CT":
-        return LiverStudyInputs("CT", {"ct": identify_ct_series(facts, rules)})
-    return LiverStudyInputs("MR", identify_dce_phases(facts, rules, phases))
+        if phases is None or tuple(phases) == SINGLE_CT_CHANNELS:
+            return LiverStudyInputs("CT", {"ct": identify_ct_series(facts, rules)})
+        return LiverStudyInputs("CT", identify_dce_phases(facts, rules, phases, modality="CT"))
+    return LiverStudyInputs("MR", identify_dce_phases(facts, rules, DCE_PHASES if phases is None else phases))
 
 
 def identify_ct_series(facts: Sequence[SeriesFacts], rules: PhaseRules) -> PhaseSource:
@@ -386,24 +396,29 @@ def identify_ct_series(facts: Sequence[SeriesFacts], rules: PhaseRules) -> Phase
 
 
 def identify_dce_phases(facts: Sequence[SeriesFacts], rules: PhaseRules,
-                        phases: Sequence[str] = DCE_PHASES) -> dict[str, PhaseSource]:
+                        phases: Sequence[str] = DCE_PHASES, modality: str = "MR") -> dict[str, PhaseSource]:
     """Each of *phases* mapped to its series (or 4D time point); raises when one cannot be found."""
-    found, problem = find_dce_phases(facts, rules, phases)
+    found, problem = find_dce_phases(facts, rules, phases, modality)
     if problem is not None:
         raise PhaseIdentificationError(problem)
-    log.info("liver DCE phases identified", extra={
-        "phases": {p: s.reason for p, s in found.items()}})
+    log.info("liver contrast phases identified", extra={
+        "modality": modality, "phases": {p: s.reason for p, s in found.items()}})
     return found
 
 
-def find_dce_phases(facts: Sequence[SeriesFacts], rules: PhaseRules,
-                    phases: Sequence[str] = DCE_PHASES) -> tuple[dict[str, PhaseSource], str | None]:
-    """The *phases* that can be found, and when some cannot, a message naming the first missing one and
-    the study's series (what :func:`identify_dce_phases` raises). For callers that can do without a phase."""
-    candidates = [f for f in facts if f.modality == "MR" and not is_excluded(f, rules)]
+def find_dce_phases(facts: Sequence[SeriesFacts], rules: PhaseRules, phases: Sequence[str] = DCE_PHASES,
+                    modality: str = "MR") -> tuple[dict[str, PhaseSource], str | None]:
+    """The *phases* that can be found among the *modality* series, and when some cannot, a message
+    naming the first missing one and the study's series (what :func:`identify_dce_phases` raises).
+    For callers that can do without a phase.
+
+    MR phases are T1-weighted series; for CT ("CT") every image series that the exclude rule leaves
+    is a candidate (a multi-phase liver CT: unenhanced, arterial, portal-venous, delayed)."""
+    candidates = [f for f in facts if f.modality == modality and not is_excluded(f, rules)]
     if not candidates:
-        return {}, (f"no MR series usable as a DCE phase among series: {describe_series(facts)} (T2, diffusion, "
-                    "subtraction and localiser series are excluded by the exclude_regex rule)")
+        what = "a DCE phase" if modality == "MR" else "a contrast phase"
+        return {}, (f"no {modality} series usable as {what} among series: {describe_series(facts)} (T2, "
+                    "diffusion, subtraction and localiser series are excluded by the exclude_regex rule)")
     dynamic = [f for f in candidates if f.time_points >= len(phases)]
     described = [f for f in candidates if any(re.search(rules.patterns[p], f.description) for p in phases)]
     if dynamic and len(described) < len(phases):
@@ -421,7 +436,7 @@ def find_dce_phases(facts: Sequence[SeriesFacts], rules: PhaseRules,
             used.add(chosen.series.series_uid)
     # 2. Contrast timing of the remaining T1 series.
     remaining = [f for f in candidates if f.series.series_uid not in used and f.time_points == 1
-                 and (re.search(rules.t1, f.description) or not f.description
+                 and (modality == "CT" or re.search(rules.t1, f.description) or not f.description
                       or _only_match(f, rules, phases) is None and f.bolus_start_s is not None)]
     for f in sorted(remaining, key=lambda f: f.acquisition_s or 0.0):
         phase = _phase_by_contrast(f, rules, candidates)

@@ -7,7 +7,9 @@ rigidly co-registered onto the portal venous phase's grid
 spacing, segmented by the 4D fused U-Net (3D CNN encoder per phase, ConvLSTM
 over the phases) with sliding windows, brought back onto the portal grid and
 post-processed (one liver, tumours inside it, one lesion per component).
-CT: the portal venous CT series through the 3D U-Net, the same way.
+CT: a multi-phase liver CT (arterial and portal venous series) is read and
+co-registered the same way and segmented by a 3D U-Net taking both phases; a
+CT with one contrast phase only by the 3D U-Net on its portal venous series.
 
 Out: a SEG on the reference series (the liver, all tumours, one segment per
 lesion), a TID 1500 SR with the liver volume, the total tumour volume and
@@ -58,11 +60,15 @@ from dicom_io.sr import (
 from dicom_io.volume import Volume
 from inference.base import Pipeline, PipelineInputError, SeriesInput, StudyInput
 from inference.liver.phases import (
+    CT_MULTIPHASE_PHASES,
     DCE_PHASES,
+    SINGLE_CT_CHANNELS,
     LiverStudyInputs,
     PhaseRules,
     PhaseSource,
+    SeriesFacts,
     choose_modality,
+    find_dce_phases,
     identify_ct_series,
     identify_dce_phases,
     read_series_facts,
@@ -75,6 +81,9 @@ log = logging.getLogger("pacsnode.liver")
 SERIES = {"SEG": 9110, "SR": 9111, "overlay": 9120}
 #: ``method`` option → committed model (see inference.liver.weights.DEFAULT_MODELS).
 METHODS = {"fused": "mr", "baseline": "mr-baseline"}
+#: ``ct_method`` option: the multi-phase CT model when the study has its phases (auto), always
+#: (multiphase: a study without them fails), or never (single: the portal-venous series alone).
+CT_METHODS = ("auto", "multiphase", "single")
 #: Tumour volume as a percentage of the liver volume: no standard concept, so a pacsnode local code.
 TUMOUR_BURDEN = Code("PN-0101", PRIVATE_SCHEME, "Liver tumour burden")
 PERCENT = codes.UCUM.Percent
@@ -88,6 +97,7 @@ class LiverOptions:
 
     modality: str | None
     method: str
+    ct_method: str
     weights: Path | None
     ct_weights: Path | None
     min_lesion_mm: float
@@ -98,8 +108,10 @@ class LiverOptions:
 
     @classmethod
     def from_options(cls, options: Mapping[str, Any]) -> LiverOptions:
-        """From route/CLI options: ``modality`` (mr|ct), ``method`` (fused|baseline), ``weights`` (the
-        manifest of a site's MR model) and ``ct_weights`` (of its CT model), ``min_lesion_mm``, ``min_lesion_ml``, ``phase_regex`` and the other :class:`PhaseRules` fields,
+        """From route/CLI options: ``modality`` (mr|ct), ``method`` (fused|baseline), ``ct_method``
+        (auto|multiphase|single), ``weights`` (the manifest of a site's MR model) and ``ct_weights`` (of its
+        CT model, single- or multi-phase as its manifest says), ``min_lesion_mm``, ``min_lesion_ml``,
+        ``phase_regex`` and the other :class:`PhaseRules` fields,
         ``max_shift_mm``, ``registration`` (translation|euler|none), ``overlay`` (bool)."""
         modality = options.get("modality")
         modality = str(modality).upper() if modality not in (None, "", "auto") else None
@@ -108,6 +120,9 @@ class LiverOptions:
         method = str(options.get("method", "fused")).lower()
         if method not in METHODS:
             raise PipelineInputError(f"liver method {method!r} is not available; choose one of {sorted(METHODS)}")
+        ct_method = str(options.get("ct_method", "auto")).lower()
+        if ct_method not in CT_METHODS:
+            raise PipelineInputError(f"ct_method {ct_method!r} is not available; choose one of {', '.join(CT_METHODS)}")
         kind = str(options.get("registration", "translation")).lower()
         if kind not in ("translation", "euler", "none"):
             raise PipelineInputError(f"registration {kind!r} is not available; choose translation, euler or none")
@@ -123,14 +138,14 @@ class LiverOptions:
         overlay = options.get("overlay", True)
         if isinstance(overlay, str):
             overlay = overlay.strip().lower() not in ("0", "false", "no", "off")
-        return cls(modality=modality, method=method, weights=Path(weights) if weights else None,
+        return cls(modality=modality, method=method, ct_method=ct_method, weights=Path(weights) if weights else None,
                    ct_weights=Path(ct_weights) if ct_weights else None,
                    min_lesion_mm=min_lesion_mm, min_lesion_ml=min_lesion_ml, rules=PhaseRules.from_options(options),
                    registration=registration, overlay=bool(overlay))
 
 
 def weights_path(modality: str, options: LiverOptions) -> Path:
-    """The manifest of the model for *modality*: the site's ``weights`` option or the committed model."""
+    """The manifest of the MR model, or of the single-series CT model: the site's or the committed one."""
     from inference.liver.weights import default_weights
 
     if modality == "CT":
@@ -138,15 +153,45 @@ def weights_path(modality: str, options: LiverOptions) -> Path:
     return options.weights or default_weights(METHODS[options.method])
 
 
-def _model_channels(path: Path) -> tuple[str, ...]:
-    """The phases the model reads, from its manifest; all DCE phases when the manifest cannot be read
+def _model_channels(path: Path, fallback: tuple[str, ...]) -> tuple[str, ...]:
+    """The phases the model reads, from its manifest; *fallback* when the manifest cannot be read
     (loading the model reports that problem later, after the study itself has been checked)."""
     from inference.liver.weights import LiverModelError, read_manifest
 
     try:
         return tuple(str(c) for c in read_manifest(path)["input"]["channels"])
     except (LiverModelError, KeyError, TypeError):
-        return DCE_PHASES
+        return fallback
+
+
+def choose_ct_inputs(facts: Sequence[SeriesFacts], options: LiverOptions) -> tuple[Path, LiverStudyInputs]:
+    """The CT model for this study and the series it reads.
+
+    A site's ``ct_weights`` model reads what its manifest names. Otherwise the
+    multi-phase model (arterial + portal-venous) is used when the study has
+    those phases (``ct_method`` auto) or must be (multiphase), else the
+    single-series model on the portal-venous series: single-phase CT cannot
+    show the lesions that only enhance in the arterial phase.
+    """
+    from inference.liver.weights import default_weights
+
+    rules = options.rules
+    if options.ct_weights is not None or options.ct_method == "single":
+        weights = weights_path("CT", options)
+        channels = _model_channels(weights, SINGLE_CT_CHANNELS)
+        if channels == SINGLE_CT_CHANNELS:
+            return weights, LiverStudyInputs("CT", {"ct": identify_ct_series(facts, rules)})
+        return weights, LiverStudyInputs("CT", identify_dce_phases(facts, rules, channels, modality="CT"))
+    weights = default_weights("ct-multiphase")
+    channels = _model_channels(weights, CT_MULTIPHASE_PHASES)
+    if options.ct_method == "multiphase":
+        return weights, LiverStudyInputs("CT", identify_dce_phases(facts, rules, channels, modality="CT"))
+    found, problem = find_dce_phases(facts, rules, channels, modality="CT")
+    if problem is None:
+        log.info("liver CT phases identified", extra={"phases": {p: s.reason for p, s in found.items()}})
+        return weights, LiverStudyInputs("CT", found)
+    log.info("liver CT read as a single phase", extra={"why": problem})
+    return weights_path("CT", options), LiverStudyInputs("CT", {"ct": identify_ct_series(facts, rules)})
 
 
 def load_segmenter(path: Path, modality: str):  # type: ignore[no-untyped-def]
@@ -202,7 +247,7 @@ def register_onto_reference(volumes: Mapping[str, Volume], options: LiverOptions
     try:
         return register_phases(volumes, reference, options.registration, skip=skip)
     except RegistrationError as exc:
-        raise PipelineInputError(f"the DCE phases cannot be aligned: {exc}") from exc
+        raise PipelineInputError(f"the contrast phases cannot be aligned: {exc}") from exc
 
 
 @dataclass(frozen=True)
@@ -278,19 +323,20 @@ def prepare_study(study: StudyInput, settings: LiverOptions) -> PreparedStudy:
     """
     facts = [read_series_facts(s) for s in study.series if s.paths]
     modality = choose_modality(facts, settings.rules, settings.modality)
-    weights = weights_path(modality, settings)
     if modality == "CT":
-        inputs = LiverStudyInputs("CT", {"ct": identify_ct_series(facts, settings.rules)})
+        weights, inputs = choose_ct_inputs(facts, settings)
     else:
-        inputs = LiverStudyInputs("MR", identify_dce_phases(facts, settings.rules, phases=_model_channels(weights)))
+        weights = weights_path(modality, settings)
+        inputs = LiverStudyInputs("MR", identify_dce_phases(facts, settings.rules,
+                                                            phases=_model_channels(weights, DCE_PHASES)))
     cache: dict[str, Any] = {}
     volumes = {name: read_phase_volume(source, cache) for name, source in inputs.phases.items()}
-    if modality == "CT":
-        ct = volumes["ct"]
-        return PreparedStudy("CT", inputs, "ct", ct, np.asarray(ct.array, np.float32)[np.newaxis], ("ct",), {},
-                             weights)
+    if len(volumes) == 1:
+        name, volume = next(iter(volumes.items()))
+        return PreparedStudy(modality, inputs, name, volume, np.asarray(volume.array, np.float32)[np.newaxis],
+                             (name,), {}, weights)
     registered = register_onto_reference(volumes, settings)
-    return PreparedStudy("MR", inputs, registered.reference, volumes[registered.reference], registered.array,
+    return PreparedStudy(modality, inputs, registered.reference, volumes[registered.reference], registered.array,
                          registered.names, dict(registered.registrations), weights)
 
 

@@ -1,13 +1,16 @@
 """Training the liver segmentation models on the liver phantom (and a site's labelled studies), on CPU.
 
-Three models, one recipe (:data:`MODEL_RECIPES`):
+Four models, one recipe (:data:`MODEL_RECIPES`):
 
 * ``liver-seg-mr`` — :class:`~inference.liver.models.FusedUNet4D` on the four
   DCE phases (pre, arterial, portal, delayed);
 * ``liver-seg-mr-baseline`` — :class:`~inference.liver.models.UNet3D` on the
   portal phase alone: the single-phase baseline the 4D model is compared with
   (same cases, crops, loss, optimiser and steps);
-* ``liver-seg-ct`` — :class:`~inference.liver.models.UNet3D` on portal-venous CT.
+* ``liver-seg-ct`` — :class:`~inference.liver.models.UNet3D` on portal-venous CT;
+* ``liver-seg-ct-multiphase`` — the same network on arterial + portal-venous CT
+  (the clinical liver protocol; arterial enhancement shows lesions the portal
+  phase hides).
 
 **Data.** Cases come from :func:`inference.liver.phantom.simulate_liver_mr` /
 ``simulate_liver_ct`` with seeds from :data:`FIRST_TRAINING_SEED` (1000) on; the
@@ -67,6 +70,7 @@ import torch
 from inference.liver import evaluation, postprocess, preprocess
 from inference.liver import weights as lw
 from inference.liver.models import build_model, config_to_json, count_parameters
+from inference.liver.phases import CT_MULTIPHASE_PHASES, SINGLE_CT_CHANNELS
 
 logger = logging.getLogger("pacsnode.inference.liver")
 
@@ -90,7 +94,7 @@ class TrainingDataError(ValueError):
 
 @dataclass(frozen=True)
 class ModelRecipe:
-    """What one of the three models is: network, inputs and modality."""
+    """What one of the models is: network, inputs and modality."""
 
     name: str
     model_version: str
@@ -116,6 +120,11 @@ MODEL_RECIPES: dict[str, ModelRecipe] = {
         "liver-seg-ct", "liver-seg-ct-v1", "unet-3d", "CT", ("ct",),
         {"in_channels": 1, "classes": 3, "widths": [8, 16, 24, 32]},
         "3D U-Net on portal-venous CT",
+    ),
+    "liver-seg-ct-multiphase": ModelRecipe(
+        "liver-seg-ct-multiphase", "liver-seg-ct-multiphase-v1", "unet-3d", "CT", CT_MULTIPHASE_PHASES,
+        {"in_channels": 2, "classes": 3, "widths": [8, 16, 24, 32]},
+        "3D U-Net on arterial + portal-venous CT (the phases as input channels)",
     ),
 }
 
@@ -218,7 +227,7 @@ def simulate_phantom(recipe: ModelRecipe, seed: int) -> Any:
     from inference.liver import phantom as ph
 
     if recipe.modality == "CT":
-        return ph.simulate_liver_ct(seed)
+        return ph.simulate_liver_ct(seed, phases=None if recipe.channels == SINGLE_CT_CHANNELS else recipe.channels)
     return ph.simulate_liver_mr(seed, channels=DCE_CHANNELS)
 
 
@@ -226,11 +235,11 @@ def aligned_phantom_channels(phantom: Any, channels: Sequence[str]) -> np.ndarra
     """The phantom's *channels*, in order, with their known motion undone (on the truth grid)."""
     images = np.asarray(phantom.images, dtype=np.float32)
     motion = np.asarray(getattr(phantom, "motion_mm", np.zeros((len(images), 3))), dtype=np.float64)
-    names = list(phantom.channels)
-    missing = [c for c in channels if c not in names]
-    if missing:
-        raise TrainingDataError(f"the phantom has channels {names}, the model needs {missing}")
-    picked = [names.index(c) for c in channels]
+    try:
+        picked = [phantom.channel_index(c) for c in channels]
+    except KeyError as exc:
+        raise TrainingDataError(f"the phantom has channels {list(phantom.channels)}, the model needs "
+                                f"{list(channels)}") from exc
     return align_channels(images[picked], motion[picked], phantom.spacing)
 
 
@@ -306,7 +315,7 @@ def load_site_study(folder: Path, recipe: ModelRecipe) -> tuple[np.ndarray, np.n
             if uid not in cache:
                 cache[uid] = read_dynamic_series(source.series.paths, skip_non_images=True)
             volumes[name] = cache[uid].frame(source.time_point)
-    if recipe.modality == "CT":
+    if recipe.channels == SINGLE_CT_CHANNELS:
         reference = volumes["ct"]
         channels = np.asarray(reference.array, np.float32)[None]
     else:
@@ -755,6 +764,7 @@ def _target_lines(manifests: Sequence[tuple[str, dict[str, Any]]]) -> list[str]:
             f"({'4D better' if global_better else '4D NOT better'}). One training seed per model and "
             f"{fused['cases']} phantoms: no significance test was made."
         )
+    lines += _multiphase_ct_lines(manifests)
     lines += _progress_lines(manifests)
     lines += [
         "* Where the tumour targets are missed, and why:",
@@ -784,6 +794,26 @@ def _target_lines(manifests: Sequence[tuple[str, dict[str, Any]]]) -> list[str]:
         "    clinical liver protocol) are the next things to try. `--init` continues from the",
         "    committed weights; `--widths` sets a wider network.",
     ]
+    return lines
+
+
+def _multiphase_ct_lines(manifests: Sequence[tuple[str, dict[str, Any]]]) -> list[str]:
+    """Each multi-phase CT version against the portal-venous CT model the pipeline uses, on the same cases."""
+    single = next((m for n, m in manifests if m["model_version"] == lw.DEFAULT_MODELS["ct"]), None)
+    base = (single or {}).get("metrics", {}).get("held_out_phantoms")
+    lines = []
+    for name, m in manifests:
+        multi = m.get("metrics", {}).get("held_out_phantoms")
+        if name != "liver-seg-ct-multiphase" or not (multi and base) or multi["seeds"] != base["seeds"]:
+            continue
+        lines.append(
+            f"* `{m['model_version']}` (arterial + portal-venous CT) vs `{single['model_version']}` (portal-venous "  # type: ignore[index]
+            f"CT) on the same {multi['cases']} cases (the same anatomy and lesions; each CT image has its own noise): "
+            f"tumour Dice {_fmt(multi['tumour']['dice'])} vs {_fmt(base['tumour']['dice'])}, pooled "
+            f"{_fmt(multi['tumour']['dice_global'])} vs {_fmt(base['tumour']['dice_global'])}, sensitivity ≥ 10 mm "
+            f"{_fmt(multi['lesions']['sensitivity_ge_10mm'])} vs {_fmt(base['lesions']['sensitivity_ge_10mm'])}, "
+            f"false positives per case {_fmt(multi['lesions']['false_positives_per_case'], 2)} vs "
+            f"{_fmt(base['lesions']['false_positives_per_case'], 2)}.")
     return lines
 
 
@@ -854,8 +884,11 @@ def model_card(manifests: Sequence[tuple[str, dict[str, Any]]]) -> str:
         "## What they do",
         "",
         "Label every voxel background / liver / tumour (the liver includes its tumours) in a liver",
-        "DCE-MRI study (four phases: pre-contrast, arterial, portal-venous, delayed) or a portal-venous",
-        "CT. Science: seed 002 (4D DCE-MRI, 3D CNN + ConvLSTM, \"fused U-Net\") and seed 000 (CT U-Net).",
+        "DCE-MRI study (four phases: pre-contrast, arterial, portal-venous, delayed), a multi-phase CT",
+        "(arterial and portal-venous) or a portal-venous CT. Science: seed 002 (4D DCE-MRI, 3D CNN +",
+        "ConvLSTM, \"fused U-Net\") and seed 000 (CT U-Net); the multi-phase CT model is seed 000's",
+        "U-Net with the two phases as input channels, after seed 002's point that enhancement over",
+        "time shows what one phase hides.",
         "Architectures and where they differ from the seeds: `inference/liver/models.py`.",
         "",
         "| model | network | widths | input | parameters | weights sha256 |",
@@ -886,7 +919,7 @@ def model_card(manifests: Sequence[tuple[str, dict[str, Any]]]) -> str:
             "Gaussian blending (MONAI); softmax.",
             "* Post-processing: largest connected liver (with tumours); tumour components mostly outside",
             "  the 5 mm liver envelope dropped; lesions under 0.1 ml become liver (configurable).",
-            "* The DCE phases must be co-registered onto the portal phase first (the pipeline does this",
+            "* The DCE phases and multi-phase CT phases must be co-registered onto the portal phase first (the pipeline does this",
             "  with `dicom_io.registration`; training undoes the phantom's known motion instead).",
             "",
             "## Training data",
@@ -956,7 +989,7 @@ def model_card(manifests: Sequence[tuple[str, dict[str, Any]]]) -> str:
         "* Small widths and a short CPU training: small lesions (a few voxels) are missed more often",
         "  than large ones; the \"≥ 10 mm\" sensitivity and the size table are the meaningful figures.",
         "* Single-phase CT cannot show lesions that match the liver's attenuation in the portal-venous",
-        "  phase; the DCE model sees all four phases.",
+        "  phase; the DCE model sees all four phases, the multi-phase CT model the arterial phase too.",
         "* The DCE model assumes the phases are aligned; the pipeline's rigid registration does not",
         "  correct non-rigid breathing deformation.",
         "",

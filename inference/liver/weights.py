@@ -50,6 +50,7 @@ WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
 DEFAULT_MODELS = {
     "mr": "liver-seg-mr-v7",
     "ct": "liver-seg-ct-v6",
+    "ct-multiphase": "liver-seg-ct-multiphase-v1",
     "mr-baseline": "liver-seg-mr-baseline-v7",
 }
 #: Sliding-window overlap between neighbouring windows (fraction of the window).
@@ -80,7 +81,7 @@ class LiverInputError(LiverModelError, ValueError):
 
 
 def default_weights(name: str) -> Path:
-    """The manifest of a committed model: "mr", "ct" or "mr-baseline" (or a full model version)."""
+    """The manifest of a committed model: a key of :data:`DEFAULT_MODELS` or a full model version."""
     version = DEFAULT_MODELS.get(name, name)
     return WEIGHTS_DIR / f"{version}.json"
 
