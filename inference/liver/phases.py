@@ -377,10 +377,17 @@ def identify_liver_study(series: Sequence[SeriesInput], rules: PhaseRules | None
     rules = rules or PhaseRules()
     facts = [read_series_facts(s) for s in series if s.paths]
     if choose_modality(facts, rules, modality) == "CT":
-        if phases is None or tuple(phases) == SINGLE_CT_CHANNELS:
-            return LiverStudyInputs("CT", {"ct": identify_ct_series(facts, rules)})
-        return LiverStudyInputs("CT", identify_dce_phases(facts, rules, phases, modality="CT"))
+        return identify_ct_inputs(facts, rules, SINGLE_CT_CHANNELS if phases is None else phases)
     return LiverStudyInputs("MR", identify_dce_phases(facts, rules, DCE_PHASES if phases is None else phases))
+
+
+def identify_ct_inputs(facts: Sequence[SeriesFacts], rules: PhaseRules,
+                       phases: Sequence[str] = SINGLE_CT_CHANNELS) -> LiverStudyInputs:
+    """What a CT model reads: one CT series for :data:`SINGLE_CT_CHANNELS`, else the contrast *phases*
+    of a multi-phase CT; raises when they cannot be found."""
+    if tuple(phases) == SINGLE_CT_CHANNELS:
+        return LiverStudyInputs("CT", {"ct": identify_ct_series(facts, rules)})
+    return LiverStudyInputs("CT", identify_dce_phases(facts, rules, phases, modality="CT"))
 
 
 def identify_ct_series(facts: Sequence[SeriesFacts], rules: PhaseRules) -> PhaseSource:

@@ -69,7 +69,7 @@ from inference.liver.phases import (
     SeriesFacts,
     choose_modality,
     find_dce_phases,
-    identify_ct_series,
+    identify_ct_inputs,
     identify_dce_phases,
     read_series_facts,
 )
@@ -178,20 +178,14 @@ def choose_ct_inputs(facts: Sequence[SeriesFacts], options: LiverOptions) -> tup
     rules = options.rules
     if options.ct_weights is not None or options.ct_method == "single":
         weights = weights_path("CT", options)
-        channels = _model_channels(weights, SINGLE_CT_CHANNELS)
-        if channels == SINGLE_CT_CHANNELS:
-            return weights, LiverStudyInputs("CT", {"ct": identify_ct_series(facts, rules)})
-        return weights, LiverStudyInputs("CT", identify_dce_phases(facts, rules, channels, modality="CT"))
+        return weights, identify_ct_inputs(facts, rules, _model_channels(weights, SINGLE_CT_CHANNELS))
     weights = default_weights("ct-multiphase")
     channels = _model_channels(weights, CT_MULTIPHASE_PHASES)
-    if options.ct_method == "multiphase":
-        return weights, LiverStudyInputs("CT", identify_dce_phases(facts, rules, channels, modality="CT"))
-    found, problem = find_dce_phases(facts, rules, channels, modality="CT")
-    if problem is None:
-        log.info("liver CT phases identified", extra={"phases": {p: s.reason for p, s in found.items()}})
-        return weights, LiverStudyInputs("CT", found)
+    _found, problem = find_dce_phases(facts, rules, channels, modality="CT")
+    if problem is None or options.ct_method == "multiphase":
+        return weights, identify_ct_inputs(facts, rules, channels)
     log.info("liver CT read as a single phase", extra={"why": problem})
-    return weights_path("CT", options), LiverStudyInputs("CT", {"ct": identify_ct_series(facts, rules)})
+    return weights_path("CT", options), identify_ct_inputs(facts, rules)
 
 
 def load_segmenter(path: Path, modality: str):  # type: ignore[no-untyped-def]
