@@ -807,15 +807,18 @@ def _target_lines(manifests: Sequence[tuple[str, dict[str, Any]]]) -> list[str]:
 
 def _multiphase_ct_lines(manifests: Sequence[tuple[str, dict[str, Any]]]) -> list[str]:
     """Each multi-phase CT version against the portal-venous CT model the pipeline uses, on the same cases."""
-    single = next((m for n, m in manifests if m["model_version"] == lw.DEFAULT_MODELS["ct"]), None)
-    base = (single or {}).get("metrics", {}).get("held_out_phantoms")
+    single = lw.DEFAULT_MODELS["ct"]
+    base = next((m.get("metrics", {}).get("held_out_phantoms") for _n, m in manifests if m["model_version"] == single),
+                None)
+    if not base:
+        return []
     lines = []
     for name, m in manifests:
         multi = m.get("metrics", {}).get("held_out_phantoms")
-        if name != "liver-seg-ct-multiphase" or not (multi and base) or multi["seeds"] != base["seeds"]:
+        if name != "liver-seg-ct-multiphase" or not multi or multi["seeds"] != base["seeds"]:
             continue
         lines.append(
-            f"* `{m['model_version']}` (arterial + portal-venous CT) vs `{single['model_version']}` (portal-venous "  # type: ignore[index]
+            f"* `{m['model_version']}` (arterial + portal-venous CT) vs `{single}` (portal-venous "
             f"CT) on the same {multi['cases']} cases (the same anatomy and lesions; each CT image has its own noise): "
             f"tumour Dice {_fmt(multi['tumour']['dice'])} vs {_fmt(base['tumour']['dice'])}, pooled "
             f"{_fmt(multi['tumour']['dice_global'])} vs {_fmt(base['tumour']['dice_global'])}, sensitivity ≥ 10 mm "
