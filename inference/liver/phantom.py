@@ -140,8 +140,8 @@ class LiverPhantom:
     def channel_index(self, name: str) -> int:
         """Where channel *name* is in :attr:`images`. ``"ct"`` (a single-series CT model's input) is
         the portal-venous image of a multi-phase CT phantom."""
-        if name == "ct" and self.modality == "CT" and name not in self.channels:
-            name = "portal"
+        if self.modality == "CT" and name not in self.channels:
+            name = _contrast_phase(name)
         try:
             return self.channels.index(name)
         except ValueError:
@@ -840,9 +840,9 @@ class _Renderer:
 
     def signal(self, layer: _Layer, channel: str) -> np.ndarray | float:
         tissue = layer.tissue
-        if self.modality == "CT":  # channel: a DCE phase, or "ct" for the portal-venous phase
-            phase = "portal" if channel == "ct" else channel
-            conc = concentration(self.curve(tissue), self.kinetics.phase_time(phase), layer.delay_s)
+        if self.modality == "CT":
+            conc = concentration(self.curve(tissue), self.kinetics.phase_time(_contrast_phase(channel)),
+                                 layer.delay_s)
             return tissue.hu + self.hu_per_unit * conc * layer.enhancement + layer.hu_offset
         m0 = effective_m0(tissue, channel, self.protocol) * layer.m0_scale
         gain = self.gains[channel]
@@ -1093,10 +1093,16 @@ def simulate_liver_ct(seed: int, *, shape: Sequence[int] = DEFAULT_SHAPE,
             image = _shift(image, motion[i] / np.array(grid.spacing))
         images[i] = np.clip(image + _ct_noise(rng, grid.shape, sigma), -1024.0, 3071.0)
     labels, lesion_labels, lesions = _truth(anatomy, grid)
-    times = tuple(kinetics.phase_time("portal" if c == "ct" else c) for c in channels)
+    times = tuple(kinetics.phase_time(_contrast_phase(c)) for c in channels)
     return LiverPhantom(images=images, channels=channels, labels=labels, lesion_labels=lesion_labels,
                         lesions=lesions, spacing=grid.spacing, modality="CT", motion_mm=motion,
                         clinical=clinical, seed=seed, channel_times_s=times)
+
+
+def _contrast_phase(channel: str) -> str:
+    """The contrast phase a CT channel shows: its own name, or the portal-venous phase for the
+    single-phase CT channel ``"ct"``."""
+    return "portal" if channel == "ct" else channel
 
 
 def _ct_noise(rng: np.random.Generator, shape: Sequence[int], sigma: float) -> np.ndarray:
