@@ -292,11 +292,11 @@ def load_site_study(folder: Path, recipe: ModelRecipe) -> tuple[np.ndarray, np.n
     :func:`dicom_io.seg_reader.read_segmentation`. Segments whose label names
     the liver become 1, those naming a tumour/lesion 2 (painted over the liver).
     """
-    from dicom_io.reader import read_dynamic_series, read_series
     from dicom_io.registration import register_phases
     from dicom_io.seg_reader import read_segmentation
     from inference.base import studies_from_files
     from inference.liver.phases import identify_liver_study
+    from inference.liver.pipeline import read_phase_volume
 
     studies = studies_from_files(sorted(p for p in Path(folder).rglob("*") if p.is_file()))
     every_series = [series for study in studies.values() for series in study.series]
@@ -306,15 +306,7 @@ def load_site_study(folder: Path, recipe: ModelRecipe) -> tuple[np.ndarray, np.n
     series = [s for s in every_series if s.modality != "SEG"]
     inputs = identify_liver_study(series, modality=recipe.modality, phases=recipe.channels)
     cache: dict[str, Any] = {}
-    volumes = {}
-    for name, source in inputs.phases.items():
-        if source.time_point is None:
-            volumes[name] = read_series(source.series.paths, skip_non_images=True)
-        else:
-            uid = source.series.series_uid
-            if uid not in cache:
-                cache[uid] = read_dynamic_series(source.series.paths, skip_non_images=True)
-            volumes[name] = cache[uid].frame(source.time_point)
+    volumes = {name: read_phase_volume(source, cache) for name, source in inputs.phases.items()}
     if recipe.channels == SINGLE_CT_CHANNELS:
         reference = volumes["ct"]
         channels = np.asarray(reference.array, np.float32)[None]
