@@ -448,20 +448,27 @@ def test_unknown_options_values_are_refused(dce_folder):
 
 
 @pytest.mark.e2e
-@_needs(MR_WEIGHTS)
-def test_phantom_pushed_with_storescu_arrives_in_orthanc_as_seg_and_sr(tmp_path, dce_folder):
+@pytest.mark.parametrize("modality, folder_fixture, weights", [
+    ("MR", "dce_folder", MR_WEIGHTS), ("CT", "multiphase_ct_folder", CT_MULTIPHASE_WEIGHTS)], ids=["dce-mr", "ct-2-phase"])
+def test_phantom_pushed_with_storescu_arrives_in_orthanc_as_seg_and_sr(tmp_path, request, modality, folder_fixture,
+                                                                       weights):
+    """A study of several series (DCE phases, or arterial + portal CT) sent in one association is
+    segmented once, and the SEG drawn on its portal series reaches Orthanc with an SR of the same volumes."""
     from tests.node_harness import NodeProcess, wait_until
     from tests.orthanc_peer import OrthancPeer
 
+    if not weights.is_file():
+        pytest.skip(f"{weights.name} is not in this checkout: the committed liver weights are needed to run the model")
+    folder = request.getfixturevalue(folder_fixture)
     orthanc = OrthancPeer(tmp_path / "orthanc")
-    route = {"name": "liver", "level": "study", "match": {"Modality": "MR"},
+    route = {"name": "liver", "level": "study", "match": {"Modality": modality},
              "pipelines": ["liver-segmentation"], "destinations": ["PACS"], "options": {"overlay": False}}
     node = NodeProcess(tmp_path / "node", routes=[route], study={"stable_seconds": 2},
                        destinations={"PACS": {"ae_title": "ORTHANC", "host": "127.0.0.1",
                                               "port": orthanc.dicom_port}})
     node.start()
     try:
-        files = sorted(p for p in dce_folder.rglob("*") if p.is_file() and "ground_truth" not in p.parts)
+        files = sorted(p for p in folder.rglob("*") if p.is_file() and "ground_truth" not in p.parts)
         result = node.storescu(*files)
         assert result.returncode == 0, result.stderr
         wait_until(lambda: node.status()["outbox"] and all(r["state"] == "sent" for r in node.status()["outbox"]),
@@ -477,7 +484,9 @@ def test_phantom_pushed_with_storescu_arrives_in_orthanc_as_seg_and_sr(tmp_path,
         assert set(arrived) == {SEG_CLASS, SR_CLASS}
         assert_valid_dicom(arrived[SEG_CLASS], expected_iod="Segmentation")
         assert_valid_dicom(arrived[SR_CLASS])
-        portal = read_series(_series_described(_study_input(dce_folder), "portal").paths)
+        algorithm = arrived[SEG_CLASS].SegmentSequence[0].SegmentationAlgorithmIdentificationSequence[0]
+        assert f"model={weights.stem}" in algorithm.AlgorithmParameters
+        portal = read_series(_series_described(_study_input(folder), r"portal|\bPV\b").paths)
         on_grid = read_segmentation(arrived[SEG_CLASS], portal)
         voxel_ml = float(np.prod(portal.spacing)) / 1000.0
         reported = _sr_volumes(arrived[SR_CLASS])
