@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -73,11 +74,7 @@ def compare_models(modality: str, cases: int, first_seed: int, models: dict[str,
     if not set(seeds) <= held_out:
         raise ValueError(f"seeds {seeds[0]}…{seeds[-1]} are not all held-out evaluation seeds "
                          f"({min(held_out)}…{max(held_out)}); training seeds would flatter the models")
-    if modality.upper() == "CT":
-        def simulate(seed: int) -> Any:
-            return simulate_liver_ct(seed, phases=CT_MULTIPHASE_PHASES)
-    else:
-        simulate = simulate_liver_mr
+    simulate = partial(simulate_liver_ct, phases=CT_MULTIPHASE_PHASES) if modality.upper() == "CT" else simulate_liver_mr
     report: dict[str, Any] = {"modality": modality.upper(), "seeds": seeds, "targets": TARGETS, "models": {},
                               "intended_use": "research use only; simulated phantoms, not patients"}
     for label, weights in models.items():
