@@ -485,6 +485,7 @@ def _add_liver_training_command(name: str, what: str) -> None:
 _add_liver_training_command("liver-seg-mr", "4D DCE-MRI liver/tumour fused U-Net")
 _add_liver_training_command("liver-seg-ct", "CT liver/tumour 3D U-Net")
 _add_liver_training_command("liver-seg-ct-multiphase", "arterial + portal-venous CT liver/tumour 3D U-Net")
+_add_liver_training_command("liver-seg-ct-4d", "arterial + portal-venous CT liver/tumour fused U-Net (4D network)")
 _add_liver_training_command("liver-seg-mr-baseline", "single-phase (portal) MR 3D U-Net baseline")
 
 
@@ -557,7 +558,7 @@ def evaluate_liver_seg(modality: str, cases: int, first_seed: int, model_path: P
         models: dict[str, str | Path] = {"4D fused U-Net": model_path or default_weights("mr"),
                                          "single-phase baseline": baseline_path or default_weights("mr-baseline")}
     else:
-        models = {"multi-phase CT U-Net": model_path or default_weights("ct-multiphase"),
+        models = {"multi-phase CT model": model_path or default_weights("ct-multiphase"),
                   "portal-venous CT U-Net": baseline_path or default_weights("ct")}
     try:
         report = compare_models(modality, cases, first_seed, models,

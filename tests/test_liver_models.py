@@ -516,3 +516,33 @@ def test_a_multiphase_ct_model_trains_on_registered_phases_and_reads_a_site_stud
     # The same study read for the single-series CT model gives its portal-venous series.
     single, _, _ = training.load_site_study(tmp_path / "site" / "study-a", training.MODEL_RECIPES["liver-seg-ct"])
     assert np.array_equal(single[0], channels[1])
+
+
+def test_the_ct_4d_model_starts_from_the_mr_4d_model_but_not_from_another_network(tmp_path):
+    from inference.liver import training
+
+    settings = training.TrainingSettings(steps=1, pool_size=1, refresh_every=0, evaluation_cases=0,
+                                         patch_size=(8, 32, 32), inference_patch_size=(16, 32, 32), batch_size=1)
+    mr = training.train_liver_model("liver-seg-mr", tmp_path / "mr", settings, log=lambda _: None)
+    ct = training.train_liver_model("liver-seg-ct", tmp_path / "ct", settings, log=lambda _: None)
+    transfer = training.TrainingSettings(**{**settings.__dict__, "learning_rate": 0.0,
+                                            "init_from": str(tmp_path / "mr" / "liver-seg-mr-v1.json")})
+    manifest = training.train_liver_model("liver-seg-ct-4d", tmp_path / "ct4d", transfer, log=lambda _: None)
+    assert manifest["input"]["channels"] == ["arterial", "portal"] and manifest["input"]["modality"] == "CT"
+    assert manifest["architecture"]["phases"] == 2 and mr["architecture"]["phases"] == 4
+    assert manifest["training"]["initial_weights"]["weights_sha256"] == mr["weights_sha256"]
+    # A step at learning rate 0: the CT model carries the MR model's weights, and runs on two phases.
+    started = lw.LiverSegmenter.load(tmp_path / "ct4d" / "liver-seg-ct-4d-v1.json", device="cpu")
+    source = lw.LiverSegmenter.load(tmp_path / "mr" / "liver-seg-mr-v1.json", device="cpu")
+    started_parameters = dict(started.model.named_parameters())  # (normalisation statistics move in a step)
+    for key, value in source.model.named_parameters():
+        assert torch.equal(started_parameters[key], value), key
+    assert started.predict(np.zeros((2, 16, 32, 32), np.float32)).shape == (3, 16, 32, 32)
+    assert f"--init {tmp_path / 'mr' / 'liver-seg-mr-v1.json'}" in (tmp_path / "ct4d" / training.MODEL_CARD).read_text()
+    # A network of another kind cannot start it, nor can the MR model start a CT U-Net.
+    from_unet = training.TrainingSettings(**{**transfer.__dict__, "init_from": str(tmp_path / "ct" / "liver-seg-ct-v1.json")})
+    with pytest.raises(training.TrainingDataError, match="its model_kind 'unet-3d' is not 'fused-unet-4d'"):
+        training.train_liver_model("liver-seg-ct-4d", tmp_path / "x", from_unet, log=lambda _: None)
+    with pytest.raises(training.TrainingDataError, match="cannot start a liver-seg-ct training"):
+        training.train_liver_model("liver-seg-ct", tmp_path / "y", transfer, log=lambda _: None)
+    assert ct["model_kind"] == "unet-3d"

@@ -3,7 +3,7 @@
 For MR, the 4D fused U-Net and the single-phase 3D U-Net baseline run on the
 same held-out DCE phantoms, each phase first co-registered onto the portal
 venous phase exactly as the pipeline does (:mod:`dicom_io.registration`);
-for CT, the multi-phase CT U-Net (arterial + portal venous, registered the
+for CT, the multi-phase CT model (arterial + portal venous, registered the
 same way) and the single-phase one (portal venous) on the same held-out
 multi-phase CT phantoms. Scores are
 :mod:`inference.liver.evaluation`'s (Dice, IoU, HD95, precision, recall per

@@ -1,6 +1,6 @@
 """Training the liver segmentation models on the liver phantom (and a site's labelled studies), on CPU.
 
-Four models, one recipe (:data:`MODEL_RECIPES`):
+Five models, one recipe (:data:`MODEL_RECIPES`):
 
 * ``liver-seg-mr`` — :class:`~inference.liver.models.FusedUNet4D` on the four
   DCE phases (pre, arterial, portal, delayed);
@@ -10,7 +10,10 @@ Four models, one recipe (:data:`MODEL_RECIPES`):
 * ``liver-seg-ct`` — :class:`~inference.liver.models.UNet3D` on portal-venous CT;
 * ``liver-seg-ct-multiphase`` — the same network on arterial + portal-venous CT
   (the clinical liver protocol; arterial enhancement shows lesions the portal
-  phase hides).
+  phase hides);
+* ``liver-seg-ct-4d`` — the 4D network of ``liver-seg-mr`` on arterial +
+  portal-venous CT, its first training started from the MR model (transfer:
+  the network's weights do not depend on the number of phases).
 
 **Data.** Cases come from :func:`inference.liver.phantom.simulate_liver_mr` /
 ``simulate_liver_ct`` with seeds from :data:`FIRST_TRAINING_SEED` (1000) on; the
@@ -41,7 +44,8 @@ since it makes the result depend on the machine's speed). ``--crop-by-lesion``
 picks a lesion before a voxel for the tumour-centred crops, so small lesions
 are trained on as often as large ones. ``--init MANIFEST`` starts from a model
 of the same recipe (fine-tuning: a site adapting the committed model to its
-studies, or a longer training continued); the manifest records which.
+studies, or a longer training continued), or of the recipe's ``starts_from``
+(transfer to other inputs); the manifest records which.
 
 :func:`train_liver_model` writes ``<version>.pt``, ``<version>.json`` (manifest
 with sha256, recipe and held-out metrics) and regenerates
@@ -103,6 +107,9 @@ class ModelRecipe:
     channels: tuple[str, ...]
     architecture: dict[str, Any]
     description: str
+    #: The recipe whose models may start this one's training though their inputs differ (transfer):
+    #: the same network with other phases or another modality. ``--init`` still refuses any other.
+    starts_from: str | None = None
 
 
 MODEL_RECIPES: dict[str, ModelRecipe] = {
@@ -125,6 +132,13 @@ MODEL_RECIPES: dict[str, ModelRecipe] = {
         "liver-seg-ct-multiphase", "liver-seg-ct-multiphase-v1", "unet-3d", "CT", CT_MULTIPHASE_PHASES,
         {"in_channels": 2, "classes": 3, "widths": [8, 16, 24, 32]},
         "3D U-Net on arterial + portal-venous CT (the phases as input channels)",
+    ),
+    "liver-seg-ct-4d": ModelRecipe(
+        "liver-seg-ct-4d", "liver-seg-ct-4d-v1", "fused-unet-4d", "CT", CT_MULTIPHASE_PHASES,
+        {"phases": len(CT_MULTIPHASE_PHASES), "classes": 3, "widths": [8, 16, 24, 32], "lstm_kernels": [1, 1, 1, 3]},
+        "fused U-Net on arterial + portal-venous CT (shared 3D encoder per phase, ConvLSTM over the phases, "
+        "nested decoder), the 4D DCE-MRI network carried over to CT",
+        starts_from="liver-seg-mr",
     ),
 }
 
@@ -558,15 +572,24 @@ def initial_model(recipe: ModelRecipe, manifest_path: str, architecture: dict[st
     """The model at *manifest_path*, checked to be of *recipe* and *architecture*, for training to start from.
 
     A model of another recipe (network, architecture, channels or modality)
-    is refused: fine-tuning would silently start from unrelated weights.
+    is refused: fine-tuning would silently start from unrelated weights. The
+    one exception is a model of the recipe's :attr:`ModelRecipe.starts_from`
+    (transfer, e.g. the 4D DCE-MRI network to multi-phase CT): its inputs may
+    differ, its network must not — the fused U-Net's weights do not depend on
+    the number of phases, since every phase goes through the same encoder and
+    the ConvLSTM runs over any sequence length.
     Loading leaves torch's random state as it was, so a run stays seeded.
     """
     with torch.random.fork_rng():
         start = lw.LiverSegmenter.load(manifest_path, device="cpu")
-    wanted = {"model_kind": recipe.model_kind, "channels": list(recipe.channels), "modality": recipe.modality,
-              **{f"architecture {k}": v for k, v in architecture.items()}}
-    found = {"model_kind": start.manifest["model_kind"], "channels": list(start.channels), "modality": start.modality,
-             **{f"architecture {k}": start.manifest["architecture"].get(k) for k in architecture}}
+    transfer = recipe.starts_from is not None and start.manifest["training"].get("recipe") == recipe.starts_from
+    shared = [k for k in architecture if not (transfer and k == "phases")]
+    wanted = {"model_kind": recipe.model_kind, **{f"architecture {k}": architecture[k] for k in shared}}
+    found = {"model_kind": start.manifest["model_kind"],
+             **{f"architecture {k}": start.manifest["architecture"].get(k) for k in shared}}
+    if not transfer:
+        wanted |= {"channels": list(recipe.channels), "modality": recipe.modality}
+        found |= {"channels": list(start.channels), "modality": start.modality}
     differs = [key for key in wanted if wanted[key] != found[key]]
     if differs:
         raise TrainingDataError(
@@ -1041,7 +1064,8 @@ def main(argv: Sequence[str] | None = None, name: str | None = None) -> int:
     parser.add_argument("--widths", type=int, nargs="+", default=None, metavar="N",
                         help="feature channels per network level (default: the recipe's, e.g. 8 16 24 32)")
     parser.add_argument("--init", default=None, metavar="MANIFEST",
-                        help="start from this model's weights (same recipe), e.g. to fine-tune on site studies")
+                        help="start from this model's weights (same recipe, or for liver-seg-ct-4d the MR 4D "
+                             "model), e.g. to fine-tune on site studies")
     parser.add_argument("--version", default=None,
                         help="model version of the written files (default: the recipe's, e.g. liver-seg-mr-v1)")
     parser.add_argument("--data", type=Path, default=None,
