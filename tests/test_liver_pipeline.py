@@ -449,7 +449,9 @@ def test_unknown_options_values_are_refused(dce_folder):
 
 @pytest.mark.e2e
 @pytest.mark.parametrize("modality, folder_fixture, weights", [
-    ("MR", "dce_folder", MR_WEIGHTS), ("CT", "multiphase_ct_folder", CT_MULTIPHASE_WEIGHTS)], ids=["dce-mr", "ct-2-phase"])
+    pytest.param("MR", "dce_folder", MR_WEIGHTS, id="dce-mr", marks=_needs(MR_WEIGHTS)),
+    pytest.param("CT", "multiphase_ct_folder", CT_MULTIPHASE_WEIGHTS, id="ct-2-phase",
+                 marks=_needs(CT_MULTIPHASE_WEIGHTS))])
 def test_phantom_pushed_with_storescu_arrives_in_orthanc_as_seg_and_sr(tmp_path, request, modality, folder_fixture,
                                                                        weights):
     """A study of several series (DCE phases, or arterial + portal CT) sent in one association is
@@ -457,8 +459,6 @@ def test_phantom_pushed_with_storescu_arrives_in_orthanc_as_seg_and_sr(tmp_path,
     from tests.node_harness import NodeProcess, wait_until
     from tests.orthanc_peer import OrthancPeer
 
-    if not weights.is_file():
-        pytest.skip(f"{weights.name} is not in this checkout: the committed liver weights are needed to run the model")
     folder = request.getfixturevalue(folder_fixture)
     orthanc = OrthancPeer(tmp_path / "orthanc")
     route = {"name": "liver", "level": "study", "match": {"Modality": modality},

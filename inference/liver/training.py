@@ -847,7 +847,10 @@ def _multiphase_ct_lines(manifests: Sequence[tuple[str, dict[str, Any]]]) -> lis
     lines = []
     for name, m in manifests:
         multi = m.get("metrics", {}).get("held_out_phantoms")
-        if name not in ("liver-seg-ct-multiphase", "liver-seg-ct-4d") or not multi or multi["seeds"] != base["seeds"]:
+        recipe = MODEL_RECIPES.get(name)
+        if recipe is None or recipe.modality != "CT" or recipe.channels == SINGLE_CT_CHANNELS:
+            continue
+        if not multi or multi["seeds"] != base["seeds"]:
             continue
         lines.append(
             f"* `{m['model_version']}` (arterial + portal-venous CT) vs `{single}` (portal-venous "
