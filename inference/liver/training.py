@@ -837,6 +837,15 @@ def _target_lines(manifests: Sequence[tuple[str, dict[str, Any]]]) -> list[str]:
     return lines
 
 
+#: How the card names each phase channel.
+_PHASE_WORDS = {"pre": "pre-contrast", "arterial": "arterial", "portal": "portal-venous", "delayed": "delayed"}
+
+
+def _phase_words(channels: Sequence[str]) -> str:
+    """A recipe's phase channels as the card writes them, e.g. "arterial + portal-venous"."""
+    return " + ".join(_PHASE_WORDS.get(channel, channel) for channel in channels)
+
+
 def _multiphase_ct_lines(manifests: Sequence[tuple[str, dict[str, Any]]]) -> list[str]:
     """Each multi-phase CT version against the portal-venous CT model the pipeline uses, on the same cases."""
     single = lw.DEFAULT_MODELS["ct"]
@@ -853,7 +862,7 @@ def _multiphase_ct_lines(manifests: Sequence[tuple[str, dict[str, Any]]]) -> lis
         if not multi or multi["seeds"] != base["seeds"]:
             continue
         lines.append(
-            f"* `{m['model_version']}` (arterial + portal-venous CT) vs `{single}` (portal-venous "
+            f"* `{m['model_version']}` ({_phase_words(recipe.channels)} CT) vs `{single}` (portal-venous "
             f"CT) on the same {multi['cases']} cases (the same anatomy and lesions; each CT image has its own noise): "
             f"tumour Dice {_fmt(multi['tumour']['dice'])} vs {_fmt(base['tumour']['dice'])}, pooled "
             f"{_fmt(multi['tumour']['dice_global'])} vs {_fmt(base['tumour']['dice_global'])}, sensitivity ≥ 10 mm "
