@@ -500,6 +500,21 @@ def train_liver_cls(ctx: click.Context) -> None:
 
 
 @main.group()
+def ensemble() -> None:
+    """Combine trained models of the same inputs into one (research use)."""
+
+
+@ensemble.command("liver-seg", context_settings={"ignore_unknown_options": True, "allow_extra_args": True,
+                                                 "help_option_names": []})
+@click.pass_context
+def ensemble_liver_seg(ctx: click.Context) -> None:
+    """Average liver segmentation models' probabilities: VERSION MEMBER.json MEMBER.json... (--help for all)."""
+    from inference.liver.training import ensemble_main
+
+    sys.exit(ensemble_main(ctx.args))
+
+
+@main.group()
 def evaluate() -> None:
     """Accuracy reports of pipelines on simulated studies with known truth (research use)."""
 

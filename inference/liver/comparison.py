@@ -49,10 +49,10 @@ def phantom_channels(phantom: Any, channels: Sequence[str], register: bool = Tru
 def model_segmenter(weights: str | Path,
                     register: bool = True) -> tuple[str, tuple[str, ...], Callable[[Any], Any]]:
     """The model's version, its input channels and a function phantom → post-processed segmentation."""
+    from inference.liver.ensemble import load_liver_model
     from inference.liver.postprocess import postprocess
-    from inference.liver.weights import LiverSegmenter
 
-    segmenter = LiverSegmenter.load(weights)
+    segmenter = load_liver_model(weights)
 
     def segment(phantom: Any) -> Any:
         channels = phantom_channels(phantom, segmenter.channels, register)

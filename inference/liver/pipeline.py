@@ -156,10 +156,11 @@ def weights_path(modality: str, options: LiverOptions) -> Path:
 def _model_channels(path: Path, fallback: tuple[str, ...]) -> tuple[str, ...]:
     """The phases the model reads, from its manifest; *fallback* when the manifest cannot be read
     (loading the model reports that problem later, after the study itself has been checked)."""
-    from inference.liver.weights import LiverModelError, read_manifest
+    from inference.liver.ensemble import read_model_manifest
+    from inference.liver.weights import LiverModelError
 
     try:
-        return tuple(str(c) for c in read_manifest(path)["input"]["channels"])
+        return tuple(str(c) for c in read_model_manifest(path)["input"]["channels"])
     except (LiverModelError, KeyError, TypeError):
         return fallback
 
@@ -189,10 +190,12 @@ def choose_ct_inputs(facts: Sequence[SeriesFacts], options: LiverOptions) -> tup
 
 
 def load_segmenter(path: Path, modality: str):  # type: ignore[no-untyped-def]
-    from inference.liver.weights import LiverModelError, LiverSegmenter
+    """The model (or ensemble) of manifest *path*, checked to be for *modality*; problems fail the job."""
+    from inference.liver.ensemble import load_liver_model
+    from inference.liver.weights import LiverModelError
 
     try:
-        segmenter = LiverSegmenter.load(path)
+        segmenter = load_liver_model(path)
     except LiverModelError as exc:
         raise PipelineInputError(f"liver segmentation weights cannot be used: {exc}") from exc
     if segmenter.modality.upper() != modality:

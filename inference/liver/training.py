@@ -71,7 +71,7 @@ import numpy as np
 import SimpleITK as sitk
 import torch
 
-from inference.liver import evaluation, postprocess, preprocess
+from inference.liver import ensemble, evaluation, postprocess, preprocess
 from inference.liver import weights as lw
 from inference.liver.models import build_model, config_to_json, count_parameters
 from inference.liver.phases import CT_MULTIPHASE_PHASES, SINGLE_CT_CHANNELS
@@ -90,6 +90,10 @@ PHANTOM_SEEDS_PER_TRAINING_SEED = 100_000
 #: The phantom channels of the DCE models, in acquisition order.
 DCE_CHANNELS = ("pre", "arterial", "portal", "delayed")
 MODEL_CARD = "LIVER_SEG_MODEL_CARD.md"
+#: What an ensemble's version contains (``liver-seg-ct-multiphase-ensemble-v1``), so the card finds it, and the
+#: name ensembles go by where the card pairs each manifest with its recipe's name.
+ENSEMBLE_INFIX = "-ensemble-"
+ENSEMBLE = "ensemble"
 
 
 class TrainingDataError(ValueError):
@@ -395,7 +399,7 @@ def make_batch(cases: Sequence[TrainingCase], settings: TrainingSettings,
 # --------------------------------------------------------------------------- segmenting phantoms
 
 
-def phantom_segmenter(segmenter: lw.LiverSegmenter, recipe: ModelRecipe,
+def phantom_segmenter(segmenter: ensemble.LiverModel, recipe: ModelRecipe,
                       **postprocess_options: float) -> Callable[[Any], postprocess.Segmentation]:
     """A function phantom → post-processed segmentation on the phantom's grid, as the pipeline does it."""
 
@@ -407,9 +411,9 @@ def phantom_segmenter(segmenter: lw.LiverSegmenter, recipe: ModelRecipe,
     return segment
 
 
-def evaluate_recipe(segmenter: lw.LiverSegmenter, recipe: ModelRecipe, seeds: Sequence[int],
+def evaluate_recipe(segmenter: ensemble.LiverModel, recipe: ModelRecipe, seeds: Sequence[int],
                     log: Callable[[str], None] | None = None) -> dict[str, Any]:
-    """:func:`inference.liver.evaluation.evaluate_on_phantoms` for one of the three models."""
+    """:func:`inference.liver.evaluation.evaluate_on_phantoms` for a model (or ensemble) of *recipe*'s inputs."""
     overlap = sorted(seed for seed in seeds if seed >= FIRST_TRAINING_SEED)
     if overlap:
         raise ValueError(f"evaluation seeds {overlap[:5]}… are training seeds (>= {FIRST_TRAINING_SEED})")
@@ -621,17 +625,40 @@ def record_evaluation(name: str, out_dir: str | Path, cases: int,
     """
     recipe = MODEL_RECIPES[name]
     manifest_path = Path(out_dir) / f"{model_version or recipe.model_version}.json"
-    seeds = evaluation_seeds(cases, confirmation=confirmation)
-    t0 = time.perf_counter()
-    report = evaluate_recipe(lw.LiverSegmenter.load(manifest_path, device="cpu"), recipe, seeds, log=log)
     manifest = lw.read_manifest(manifest_path)
-    key = "confirmation_phantoms" if confirmation else "held_out_phantoms"
-    manifest.setdefault("metrics", {})[key] = {"seeds": [seeds[0], seeds[-1]], **report["summary"],
-                                               "seconds": round(time.perf_counter() - t0, 1)}
+    _store_evaluation(manifest, lw.LiverSegmenter.load(manifest_path, device="cpu"), recipe, cases, log,
+                      confirmation)
     if not confirmation:
         manifest["training"]["settings"]["evaluation_cases"] = cases
     lw.write_manifest(manifest, manifest_path)
     return manifest
+
+
+def record_ensemble_evaluation(manifest_path: str | Path, cases: int, log: Callable[[str], None] | None = print,
+                               *, confirmation: bool = False) -> dict[str, Any]:
+    """:func:`record_evaluation` for an ensemble: its phantoms are those of its first member's recipe."""
+    manifest = ensemble.read_ensemble_manifest(manifest_path)
+    first = lw.read_manifest(Path(manifest["_dir"]) / manifest["members"][0]["manifest"])
+    recipe = MODEL_RECIPES.get(str(first.get("training", {}).get("recipe")))
+    if recipe is None:
+        raise ensemble.LiverEnsembleError(
+            f"ensemble {manifest['model_version']}: its member {first['model_version']} was not trained by a "
+            "`pacsnode train liver-seg-*` recipe, so there are no phantoms to evaluate it on")
+    _store_evaluation(manifest, ensemble.LiverEnsemble.load(manifest_path, device="cpu"), recipe, cases, log,
+                      confirmation)
+    lw.write_manifest(manifest, Path(manifest_path))
+    return manifest
+
+
+def _store_evaluation(manifest: dict[str, Any], model: ensemble.LiverModel, recipe: ModelRecipe, cases: int,
+                      log: Callable[[str], None] | None, confirmation: bool) -> None:
+    """Evaluate *model* on *cases* phantoms of *recipe* and put the summary into *manifest*'s metrics."""
+    seeds = evaluation_seeds(cases, confirmation=confirmation)
+    t0 = time.perf_counter()
+    report = evaluate_recipe(model, recipe, seeds, log=log)
+    key = "confirmation_phantoms" if confirmation else "held_out_phantoms"
+    manifest.setdefault("metrics", {})[key] = {"seeds": [seeds[0], seeds[-1]], **report["summary"],
+                                               "seconds": round(time.perf_counter() - t0, 1)}
 
 
 # --------------------------------------------------------------------------- model card
@@ -722,7 +749,8 @@ def _confirmation_lines(manifests: Sequence[tuple[str, dict[str, Any]]]) -> list
         f"them), which can flatter the version chosen. Seeds {CONFIRMATION_SEEDS[0]}–{CONFIRMATION_SEEDS[-1]} "
         + "were kept back from every such",
         "choice; the versions the pipeline uses were evaluated on them once, after the choice",
-        "(`pacsnode train NAME --evaluate-only --confirm --version VERSION`).",
+        "(`pacsnode train NAME --evaluate-only --confirm --version VERSION`; an ensemble:",
+        "`pacsnode ensemble liver-seg VERSION --evaluate-only --confirm`).",
         "",
         *_metrics_table(confirmed, "confirmation_phantoms"),
         "",
@@ -742,13 +770,15 @@ def _version_number(manifest: dict[str, Any]) -> int:
 
 
 def write_model_card(out_dir: Path) -> Path:
-    """Regenerate the model card from every liver manifest in *out_dir* (every version of each recipe)."""
+    """Regenerate the model card from every liver manifest in *out_dir* (every version of each recipe, and
+    every ensemble)."""
     manifests = []
     for name in MODEL_RECIPES:
         found = [json.loads(p.read_text()) for p in sorted(out_dir.glob(f"{name}-v*.json"))]
         manifests += [(name, m) for m in sorted(found, key=_version_number)]
+    ensembles = [json.loads(p.read_text()) for p in sorted(out_dir.glob(f"*{ENSEMBLE_INFIX}v*.json"))]
     path = out_dir / MODEL_CARD
-    path.write_text(model_card(manifests))
+    path.write_text(model_card(manifests, [(ENSEMBLE, m) for m in sorted(ensembles, key=_version_number)]))
     return path
 
 
@@ -854,15 +884,15 @@ def _multiphase_ct_lines(manifests: Sequence[tuple[str, dict[str, Any]]]) -> lis
     if not base:
         return []
     lines = []
-    for name, m in manifests:
+    for _name, m in manifests:
         multi = m.get("metrics", {}).get("held_out_phantoms")
-        recipe = MODEL_RECIPES.get(name)
-        if recipe is None or recipe.modality != "CT" or recipe.channels == SINGLE_CT_CHANNELS:
+        channels = tuple(m["input"]["channels"])
+        if m["input"]["modality"] != "CT" or channels == SINGLE_CT_CHANNELS:
             continue
         if not multi or multi["seeds"] != base["seeds"]:
             continue
         lines.append(
-            f"* `{m['model_version']}` ({_phase_words(recipe.channels)} CT) vs `{single}` (portal-venous "
+            f"* `{m['model_version']}` ({_phase_words(channels)} CT) vs `{single}` (portal-venous "
             f"CT) on the same {multi['cases']} cases (the same anatomy and lesions; each CT image has its own noise): "
             f"tumour Dice {_fmt(multi['tumour']['dice'])} vs {_fmt(base['tumour']['dice'])}, pooled "
             f"{_fmt(multi['tumour']['dice_global'])} vs {_fmt(base['tumour']['dice_global'])}, sensitivity ≥ 10 mm "
@@ -928,8 +958,56 @@ def reproduce_command(name: str, manifest: dict[str, Any]) -> str:
     return " ".join([*words, "--out inference/liver/weights"])
 
 
-def model_card(manifests: Sequence[tuple[str, dict[str, Any]]]) -> str:
-    """The model card (Markdown) for the liver models' manifests."""
+def _ensemble_lines(manifests: Sequence[tuple[str, dict[str, Any]]],
+                    ensembles: Sequence[tuple[str, dict[str, Any]]]) -> list[str]:
+    """The ensembles section: members, and each ensemble against its members on the same phantoms."""
+    if not ensembles:
+        return []
+    by_version = {m["model_version"]: m for _n, m in manifests}
+    lines = ["", "## Ensembles", "",
+             "An ensemble runs trained models of the same inputs and averages their class probabilities",
+             "(`inference/liver/ensemble.py`); its manifest pins each member's weights by sha256. It costs",
+             "the members' inference time together (see the benchmark).", "",
+             "| ensemble | members | input |", "|---|---|---|"]
+    for _name, m in ensembles:
+        members = ", ".join(f"`{p['model_version']}`" for p in m["members"])
+        lines.append(f"| `{m['model_version']}` | {members} | {', '.join(m['input']['channels'])} "
+                     f"({m['input']['modality']}) |")
+    lines.append("")
+    for _name, m in ensembles:
+        h = m.get("metrics", {}).get("held_out_phantoms")
+        members = [by_version.get(p["model_version"], {}).get("metrics", {}).get("held_out_phantoms")
+                   for p in m["members"]]
+        if not h or not all(x and x["seeds"] == h["seeds"] for x in members):
+            continue
+        versions = " / ".join(f"`{p['model_version']}`" for p in m["members"])
+        lines.append(
+            f"* `{m['model_version']}` vs {versions} on the same {h['cases']} phantoms: tumour Dice "
+            f"{_fmt(h['tumour']['dice'])} vs {_each(members, 'tumour', 'dice')}, pooled "
+            f"{_fmt(h['tumour']['dice_global'])} vs {_each(members, 'tumour', 'dice_global')}, sensitivity ≥ 10 mm "
+            f"{_fmt(h['lesions']['sensitivity_ge_10mm'])} vs {_each(members, 'lesions', 'sensitivity_ge_10mm')}, "
+            f"false positives per case {_fmt(h['lesions']['false_positives_per_case'], 2)} vs "
+            f"{_each(members, 'lesions', 'false_positives_per_case', 2)}, liver Dice {_fmt(h['liver']['dice'])} vs "
+            f"{_each(members, 'liver', 'dice')}.")
+    return lines
+
+
+def _each(summaries: Sequence[dict[str, Any]], group: str, metric: str, digits: int = 3) -> str:
+    """One metric of several evaluation summaries, as "a / b"."""
+    return " / ".join(_fmt(x[group][metric], digits) for x in summaries)
+
+
+def ensemble_command(manifest: dict[str, Any]) -> str:
+    """The ``pacsnode ensemble`` line that rebuilds and evaluates the ensemble of *manifest*."""
+    members = " ".join(f"inference/liver/weights/{p['manifest']}" for p in manifest["members"])
+    cases = manifest.get("metrics", {}).get("held_out_phantoms", {}).get("cases", TrainingSettings().evaluation_cases)
+    return f"pacsnode ensemble liver-seg {manifest['model_version']} {members} --evaluation-cases {cases}"
+
+
+def model_card(manifests: Sequence[tuple[str, dict[str, Any]]],
+               ensembles: Sequence[tuple[str, dict[str, Any]]] = ()) -> str:
+    """The model card (Markdown) for the liver models' manifests and the ensembles' (named :data:`ENSEMBLE`)."""
+    evaluated = [*manifests, *ensembles]
     lines = [
         "# Liver and liver-tumour segmentation models",
         "",
@@ -1030,12 +1108,13 @@ def model_card(manifests: Sequence[tuple[str, dict[str, Any]]]) -> str:
         "standard deviation of that liver in one of the model's input images (the others are close to",
         "invisible in what the model sees); models evaluated before this was measured show n/a.",
         "",
-        *_metrics_table(manifests, "held_out_phantoms"),
+        *_metrics_table(evaluated, "held_out_phantoms"),
     ]
-    lines += _size_band_lines(manifests)
-    lines += _kind_lines(manifests)
-    lines += _target_lines(manifests)
-    lines += _confirmation_lines(manifests)
+    lines += _size_band_lines(evaluated)
+    lines += _kind_lines(evaluated)
+    lines += _target_lines(evaluated)
+    lines += _ensemble_lines(manifests, ensembles)
+    lines += _confirmation_lines(evaluated)
     lines += [
         "",
         "## Limits",
@@ -1056,6 +1135,8 @@ def model_card(manifests: Sequence[tuple[str, dict[str, Any]]]) -> str:
     ]
     for name, m in manifests:
         lines.append(reproduce_command(name, m))
+    for _name, m in ensembles:
+        lines.append(ensemble_command(m))
     lines += [
         "# equivalently: python -m inference.liver.training liver-seg-mr --seed 0 ...",
         "```",
@@ -1127,6 +1208,44 @@ def main(argv: Sequence[str] | None = None, name: str | None = None) -> int:
         train_liver_model(name or args.name, args.out, settings, data_dir=args.data, phantoms=not args.no_phantoms)
     except (ValueError, lw.LiverModelError) as exc:
         parser.exit(2, f"{parser.prog}: {exc}\n")
+    return 0
+
+
+def ensemble_main(argv: Sequence[str] | None = None) -> int:
+    """``pacsnode ensemble liver-seg VERSION MEMBER.json MEMBER.json ...``: an ensemble of trained models.
+
+    Writes the ensemble's manifest beside its members, evaluates it on the held-out
+    phantoms of its members' recipe (as ``pacsnode train`` does a model) and
+    regenerates the model card.
+    """
+    parser = argparse.ArgumentParser(prog="pacsnode ensemble liver-seg", description=ensemble_main.__doc__)
+    parser.add_argument("version", help=f"the ensemble's version, containing {ENSEMBLE_INFIX!r} and ending -vN, "
+                                         "e.g. liver-seg-ct-multiphase-ensemble-v1")
+    parser.add_argument("members", nargs="*", metavar="MEMBER",
+                        help="manifests of two or more models of the same inputs, in one folder")
+    parser.add_argument("--evaluation-cases", type=int, default=TrainingSettings().evaluation_cases,
+                        help="held-out phantoms (seeds 0…) to evaluate on (with --confirm: confirmation phantoms)")
+    parser.add_argument("--threads", type=int, default=TrainingSettings().threads)
+    parser.add_argument("--evaluate-only", action="store_true",
+                        help="do not write the ensemble: evaluate the one already in --out")
+    parser.add_argument("--out", type=Path, default=lw.WEIGHTS_DIR, help="with --evaluate-only: its folder")
+    parser.add_argument("--confirm", action="store_true",
+                        help=f"with --evaluate-only: evaluate on the confirmation phantoms (seeds {CONFIRMATION_SEEDS[0]}…)")
+    args = parser.parse_args(argv)
+    if ENSEMBLE_INFIX not in args.version or not args.version.rsplit("-v", 1)[-1].isdigit():
+        parser.error(f"version {args.version!r} must contain {ENSEMBLE_INFIX!r} and end with -vN")
+    if args.confirm and not args.evaluate_only:
+        parser.error("--confirm goes with --evaluate-only")
+    if args.evaluate_only == bool(args.members):
+        parser.error("give two or more MEMBER manifests, or --evaluate-only without members")
+    torch.set_num_threads(args.threads)
+    try:
+        path = (args.out / f"{args.version}.json" if args.evaluate_only
+                else ensemble.write_ensemble(args.version, args.members))
+        record_ensemble_evaluation(path, args.evaluation_cases, confirmation=args.confirm)
+    except (ValueError, lw.LiverModelError) as exc:
+        parser.exit(2, f"{parser.prog}: {exc}\n")
+    write_model_card(path.parent)
     return 0
 
 
