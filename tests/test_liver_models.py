@@ -336,13 +336,15 @@ def test_conspicuity_tells_a_lesion_the_images_show_from_one_they_do_not():
 # --------------------------------------------------------------------------- committed weights
 
 
-@pytest.mark.parametrize("name", ["mr", "ct"])
-def test_committed_weights_segment_a_held_out_phantom(name):
+@pytest.mark.parametrize("name, recipe", [("mr", "liver-seg-mr"), ("ct", "liver-seg-ct"),
+                                          ("ct-multiphase", "liver-seg-ct-multiphase")])
+def test_committed_weights_segment_a_held_out_phantom(name, recipe):
     from inference.liver import training
+    from inference.liver.ensemble import load_liver_model
 
     path = lw.default_weights(name)
-    segmenter = lw.LiverSegmenter.load(path, device="cpu")
-    recipe = training.MODEL_RECIPES["liver-seg-mr" if name == "mr" else "liver-seg-ct"]
+    segmenter = load_liver_model(path, device="cpu")
+    recipe = training.MODEL_RECIPES[recipe]
     assert segmenter.channels == recipe.channels
     phantom = training.simulate_phantom(recipe, 7)  # evaluation seed, never trained on
     seg = training.phantom_segmenter(segmenter, recipe)(phantom)
