@@ -375,7 +375,7 @@ def test_multiphase_ct_study_gives_a_valid_seg_and_sr_on_the_portal_series(multi
     _check_seg_and_sr(outputs, _series_described(study, "PV"), multiphase_ct_phantom.labels, overlay=False)
     [seg] = _by_class(outputs, SEG_CLASS)
     parameters = str(seg.SegmentSequence[0].SegmentationAlgorithmIdentificationSequence[0].AlgorithmParameters)
-    assert "model=liver-seg-ct-multiphase-v" in parameters and "registration=arterial" in parameters, parameters
+    assert f"model={CT_MULTIPHASE_WEIGHTS.stem}," in parameters and "registration=arterial" in parameters, parameters
 
 
 @pytest.mark.parametrize("as_4d", [False, True], ids=["separate-series", "4d-series"])

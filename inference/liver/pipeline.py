@@ -8,8 +8,12 @@ spacing, segmented by the 4D fused U-Net (3D CNN encoder per phase, ConvLSTM
 over the phases) with sliding windows, brought back onto the portal grid and
 post-processed (one liver, tumours inside it, one lesion per component).
 CT: a multi-phase liver CT (arterial and portal venous series) is read and
-co-registered the same way and segmented by a 3D U-Net taking both phases; a
-CT with one contrast phase only by the 3D U-Net on its portal venous series.
+co-registered the same way and segmented by an ensemble of two networks that
+take both phases (a 3D U-Net reading them as channels and the fused U-Net
+reading them as a sequence; :mod:`inference.liver.ensemble` averages their
+probabilities); a CT with one contrast phase only by the 3D U-Net on its
+portal venous series. A route's ``weights``/``ct_weights`` may name a model's
+manifest or an ensemble's.
 
 Out: a SEG on the reference series (the liver, all tumours, one segment per
 lesion), a TID 1500 SR with the liver volume, the total tumour volume and
@@ -338,7 +342,7 @@ def prepare_study(study: StudyInput, settings: LiverOptions) -> PreparedStudy:
 
 
 class LiverSegmentationPipeline(Pipeline):
-    """Liver and liver tumour segmentation from 4D DCE-MRI (fused U-Net) or CT (3D U-Net)."""
+    """Liver and liver tumour segmentation from 4D DCE-MRI (fused U-Net) or CT (3D U-Net; two phases: an ensemble)."""
 
     name = "liver-segmentation"
     queue = "cpu"

@@ -46,11 +46,12 @@ MANIFEST_FORMAT = "pacsnode-liver-seg"
 MANIFEST_FORMAT_VERSION = 1
 #: Where the committed weights live.
 WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
-#: The committed models by name (each ``<name>.pt`` + ``<name>.json`` in :data:`WEIGHTS_DIR`).
+#: The committed models by name (each ``<name>.pt`` + ``<name>.json`` in :data:`WEIGHTS_DIR`; an ensemble,
+#: see :mod:`inference.liver.ensemble`, is a ``<name>.json`` naming its members there).
 DEFAULT_MODELS = {
     "mr": "liver-seg-mr-v7",
     "ct": "liver-seg-ct-v6",
-    "ct-multiphase": "liver-seg-ct-multiphase-v6",
+    "ct-multiphase": "liver-seg-ct-multiphase-ensemble-v1",
     "mr-baseline": "liver-seg-mr-baseline-v7",
 }
 #: Sliding-window overlap between neighbouring windows (fraction of the window).
