@@ -19,7 +19,7 @@ torch.set_num_threads(1)
 
 
 def _member(folder: Path, name: str, seed: int, channels: tuple[str, ...] = ("ct",), modality: str = "CT",
-            recipe: str = "liver-seg-ct") -> Path:
+            recipe: str = "liver-seg-ct", spacing: tuple[float, float, float] = (4.0, 3.0, 3.0)) -> Path:
     """A small untrained U-Net written as a model of *recipe* (different *seed*, different weights)."""
     torch.manual_seed(seed)
     model = models.UNet3D(models.UNet3DConfig(in_channels=len(channels), widths=(4, 8))).eval()
@@ -28,7 +28,7 @@ def _member(folder: Path, name: str, seed: int, channels: tuple[str, ...] = ("ct
     manifest = lw.build_manifest(
         model_version=name, model_kind="unet-3d", architecture=models.config_to_json(model.config),
         weights_file=f"{name}.pt", weights_sha256=sha, channels=channels, modality=modality,
-        spacing_zyx_mm=(4.0, 3.0, 3.0), normalisation=preprocess.default_normalisation(modality),
+        spacing_zyx_mm=spacing, normalisation=preprocess.default_normalisation(modality),
         patch_size_zyx=(8, 16, 16), training={"recipe": recipe, "description": "test member"},
     )
     path = folder / f"{name}.json"
@@ -56,11 +56,14 @@ def test_an_ensemble_segments_with_the_mean_of_its_members_probabilities(tmp_pat
     assert le.read_model_manifest(path)["input"]["channels"] == ["ct"]
 
 
-def test_an_ensemble_refuses_members_that_read_other_inputs_or_lie_in_other_folders(tmp_path):
+def test_an_ensemble_refuses_members_that_read_or_prepare_other_inputs_or_lie_in_other_folders(tmp_path):
     ct = _member(tmp_path, "ct-v1", 0)
     phases = _member(tmp_path, "phases-v1", 1, channels=("arterial", "portal"))
     with pytest.raises(le.LiverEnsembleError, match="members read different inputs"):
         le.write_ensemble("test-ensemble-v1", [ct, phases])
+    finer = _member(tmp_path, "finer-v1", 3, spacing=(2.0, 1.5, 1.5))
+    with pytest.raises(le.LiverEnsembleError, match="share model spacing and normalisation"):
+        le.write_ensemble("test-ensemble-v1", [ct, finer])
     elsewhere = _member(tmp_path / "other", "ct-v2", 2)
     with pytest.raises(le.LiverEnsembleError, match="must lie in one folder"):
         le.write_ensemble("test-ensemble-v1", [ct, elsewhere])

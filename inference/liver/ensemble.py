@@ -26,6 +26,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from inference.liver import preprocess
 from inference.liver import weights as lw
 from inference.model_files import read_manifest_file
 
@@ -56,6 +57,11 @@ class LiverEnsemble:
                 raise LiverEnsembleError(
                     f"ensemble members read different inputs: {first.version} takes {', '.join(first.channels)} "
                     f"({first.modality}), {member.version} takes {', '.join(member.channels)} ({member.modality})")
+            if member.spacing != first.spacing or member.normalisation != first.normalisation:
+                raise LiverEnsembleError(
+                    f"ensemble members prepare their input differently: {first.version} at {first.spacing} mm "
+                    f"with {first.normalisation}, {member.version} at {member.spacing} mm with "
+                    f"{member.normalisation}; an ensemble's members share model spacing and normalisation")
         self.members = list(members)
         self.manifest = dict(manifest)
         self.channels: tuple[str, ...] = first.channels
@@ -86,12 +92,18 @@ class LiverEnsemble:
         return str(self.manifest["model_version"])
 
     def segment(self, channels: np.ndarray, spacing: Sequence[float]) -> np.ndarray:
-        """The members' mean probabilities ``[3, z, y, x]`` on the study's grid (see ``LiverSegmenter.segment``)."""
-        total = self.members[0].segment(channels, spacing)
+        """The members' mean probabilities ``[3, z, y, x]`` on the study's grid (see ``LiverSegmenter.segment``).
+
+        The members share model spacing and normalisation, so the input is
+        prepared once and the mean resampled back once (resampling is linear).
+        """
+        first = self.members[0]
+        inputs = first.model_grid_input(channels, spacing)
+        total = first.predict(inputs, normalised=True)
         for member in self.members[1:]:
-            total += member.segment(channels, spacing)
+            total += member.predict(inputs, normalised=True)
         total /= len(self.members)
-        return total
+        return preprocess.probabilities_to_grid(total, first.spacing, np.shape(channels)[1:], spacing)
 
 
 LiverModel = lw.LiverSegmenter | LiverEnsemble

@@ -982,8 +982,9 @@ def _ensemble_lines(manifests: Sequence[tuple[str, dict[str, Any]]],
     by_version = {m["model_version"]: m for _n, m in manifests}
     lines = ["", "## Ensembles", "",
              "An ensemble runs trained models of the same inputs and averages their class probabilities",
-             "(`inference/liver/ensemble.py`); its manifest pins each member's weights by sha256. It costs",
-             "the members' inference time together (see the benchmark).", "",
+             "(`inference/liver/ensemble.py`); its manifest pins each member's weights by sha256. The",
+             "members share model spacing and normalisation, so a study is resampled once and each",
+             "member's network runs on it (the benchmark gives the cost).", "",
              "| ensemble | members | input |", "|---|---|---|"]
     for _name, m in ensembles:
         members = ", ".join(f"`{p['model_version']}`" for p in m["members"])

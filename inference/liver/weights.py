@@ -241,10 +241,13 @@ class LiverSegmenter:
         resamples the probabilities back onto the study's grid (*spacing* zyx mm).
         """
         channels = self._check_channels(channels)
-        normalised = preprocess.normalise(channels, self.normalisation)
-        on_model_grid = preprocess.to_model_grid(normalised, spacing, self.spacing)
-        probabilities = self.predict(on_model_grid, normalised=True)
+        probabilities = self.predict(self.model_grid_input(channels, spacing), normalised=True)
         return preprocess.probabilities_to_grid(probabilities, self.spacing, channels.shape[1:], spacing)
+
+    def model_grid_input(self, channels: np.ndarray, spacing: Sequence[float]) -> np.ndarray:
+        """A study's raw ``[P, z, y, x]`` channels normalised and resampled onto the model grid, for :meth:`predict`."""
+        normalised = preprocess.normalise(self._check_channels(channels), self.normalisation)
+        return preprocess.to_model_grid(normalised, spacing, self.spacing)
 
 
 def save_weights(model: nn.Module, weights_path: Path) -> str:
