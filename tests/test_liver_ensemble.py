@@ -96,37 +96,6 @@ def test_an_ensemble_refuses_a_member_swapped_for_other_weights_or_tampered(tmp_
         le.load_liver_model(path, device="cpu")
 
 
-def test_an_ensemble_carries_its_operating_point_to_the_pipelines_post_processing(tmp_path):
-    from inference.liver.pipeline import LiverOptions, lesion_findings
-
-    a, b = _member(tmp_path, "a-v1", 0), _member(tmp_path, "b-v1", 1)
-    assert le.load_liver_model(le.write_ensemble("plain-ensemble-v1", [a, b]), device="cpu").postprocess_options == {}
-    path = le.write_ensemble("test-ensemble-v1", [a, b], tumour_grow_probability=0.3)
-    manifest = json.loads(path.read_text())
-    assert manifest["postprocess"] == {"tumour_grow_probability": 0.3}
-    assert "grown into connected voxels of tumour probability >= 0.3" in manifest["combination"]
-    model = load_segmenter(path, "CT")
-    assert model.postprocess_options == {"tumour_grow_probability": 0.3}
-    assert lw.LiverSegmenter.load(a, device="cpu").postprocess_options == {}
-
-    # two members sure of different halves of a lesion: their mean is 0.5 at most, the argmax keeps the core only
-    probabilities = np.zeros((3, 8, 24, 24), np.float32)
-    probabilities[1] = 1.0
-    probabilities[:, 2:6, 6:18, 6:18] = np.array([0.0, 0.55, 0.45])[:, None, None, None]
-    probabilities[:, 3:5, 10:14, 10:14] = np.array([0.0, 0.3, 0.7])[:, None, None, None]
-    options = LiverOptions.from_options({})
-    plain = lesion_findings(probabilities, (4.0, 3.0, 3.0), options)
-    grown = lesion_findings(probabilities, (4.0, 3.0, 3.0), options, model.postprocess_options)
-    assert np.count_nonzero(plain.tumours) == 2 * 4 * 4 and np.count_nonzero(grown.tumours) == 4 * 12 * 12
-
-    with pytest.raises(lw.LiverManifestError, match="strictly between 0 and 0.5"):
-        le.write_ensemble("test-ensemble-v2", [a, b], tumour_grow_probability=0.6)
-    manifest["postprocess"] = {"tumour_threshold": 0.3}
-    path.write_text(json.dumps(manifest))
-    with pytest.raises(lw.LiverManifestError, match="may hold only tumour_grow_probability"):
-        le.load_liver_model(path, device="cpu")
-
-
 def test_the_pipeline_loads_an_ensemble_and_refuses_one_of_another_modality(tmp_path):
     a, b = _member(tmp_path, "a-v1", 0), _member(tmp_path, "b-v1", 1)
     path = le.write_ensemble("test-ensemble-v1", [a, b])
@@ -146,17 +115,13 @@ def test_pacsnode_ensemble_writes_evaluates_and_cards_the_ensemble(tmp_path):
     refused = runner.invoke(main, ["ensemble", "liver-seg", "liver-seg-ct-v3", str(a), str(b)])
     assert refused.exit_code == 2 and "must contain '-ensemble-'" in refused.output
     result = runner.invoke(main, ["ensemble", "liver-seg", "liver-seg-ct-ensemble-v1", str(a), str(b),
-                                  "--tumour-grow-probability", "0.3", "--evaluation-cases", "1"])
+                                  "--evaluation-cases", "1"])
     assert result.exit_code == 0, result.output
     manifest = json.loads((tmp_path / "liver-seg-ct-ensemble-v1.json").read_text())
     held_out = manifest["metrics"]["held_out_phantoms"]
     assert held_out["seeds"] == [0, 0] and held_out["cases"] == 1
     assert [m["model_version"] for m in manifest["members"]] == ["a-v1", "b-v1"]
-    assert manifest["postprocess"] == {"tumour_grow_probability": 0.3}
 
-    mixed = runner.invoke(main, ["ensemble", "liver-seg", "liver-seg-ct-ensemble-v1", "--evaluate-only",
-                                 "--tumour-grow-probability", "0.3", "--out", str(tmp_path)])
-    assert mixed.exit_code == 2 and "not with --evaluate-only" in mixed.output
     confirmed = runner.invoke(main, ["ensemble", "liver-seg", "liver-seg-ct-ensemble-v1", "--evaluate-only",
                                      "--confirm", "--evaluation-cases", "1", "--out", str(tmp_path)])
     assert confirmed.exit_code == 0, confirmed.output
@@ -166,7 +131,7 @@ def test_pacsnode_ensemble_writes_evaluates_and_cards_the_ensemble(tmp_path):
 
     card = (tmp_path / training.MODEL_CARD).read_text()
     assert "## Ensembles" in card
-    assert "| `liver-seg-ct-ensemble-v1` | `a-v1`, `b-v1` | ct (CT) | argmax, tumours grown to probability ≥ 0.3 |" in card
+    assert "| `liver-seg-ct-ensemble-v1` | `a-v1`, `b-v1` | ct (CT) |" in card
     assert "| `liver-seg-ct-ensemble-v1` | 0–0 |" in card  # a held-out row beside the trained models'
     assert ("pacsnode ensemble liver-seg liver-seg-ct-ensemble-v1 inference/liver/weights/a-v1.json "
-            "inference/liver/weights/b-v1.json --tumour-grow-probability 0.3 --evaluation-cases 1") in card
+            "inference/liver/weights/b-v1.json --evaluation-cases 1") in card

@@ -214,32 +214,6 @@ def test_postprocessing_keeps_the_largest_liver_and_drops_tumours_outside_it():
     assert seg.liver_volume_ml == pytest.approx(np.count_nonzero(liver) * 0.036, rel=1e-6)
 
 
-def test_tumour_growth_draws_lesion_edges_from_a_lower_threshold_without_adding_lesions():
-    shape = (10, 40, 40)
-    probabilities = np.zeros((3,) + shape, np.float32)
-    probabilities[postprocess.LIVER] = 1.0  # all liver, then tumour evidence painted on
-
-    def paint(box, p_tumour, p_background=0.0):
-        probabilities[(postprocess.TUMOUR, *box)] = p_tumour
-        probabilities[(postprocess.BACKGROUND, *box)] = p_background
-        probabilities[(postprocess.LIVER, *box)] = 1.0 - p_tumour - p_background
-
-    paint((slice(3, 7), slice(5, 25), slice(5, 25)), 0.35)  # the lesion's uncertain rim ...
-    paint((slice(4, 6), slice(12, 18), slice(12, 18)), 0.6)  # ... around its confident core
-    paint((slice(3, 7), slice(25, 28), slice(5, 25)), 0.35, 0.6)  # touching the rim, but more likely background
-    paint((slice(3, 7), slice(30, 36), slice(30, 36)), 0.45)  # apart: never above the argmax, so no lesion
-    seg = postprocess.postprocess(probabilities, SPACING)
-    assert np.count_nonzero(seg.labels == 2) == 2 * 6 * 6 and len(seg.lesions) == 1
-    grown = postprocess.postprocess(probabilities, SPACING, tumour_grow_probability=0.3)
-    assert np.count_nonzero(grown.labels == 2) == 4 * 20 * 20 and len(grown.lesions) == 1
-    assert not (grown.labels[3:7, 25:28, 5:25] == 2).any() and not (grown.labels[3:7, 30:36, 30:36] == 2).any()
-    narrower = postprocess.postprocess(probabilities, SPACING, tumour_grow_probability=0.4)
-    assert np.array_equal(narrower.labels, seg.labels)  # the rim is below 0.4: nothing to take in
-    for refused in (0.0, 0.5, 0.7, True, "0.3"):
-        with pytest.raises(postprocess.PostprocessError, match="strictly between 0 and 0.5"):
-            postprocess.postprocess(probabilities, SPACING, tumour_grow_probability=refused)
-
-
 def test_lesion_volume_and_diameters_of_a_sphere_and_an_ellipsoid():
     z, y, x = _grid((40, 80, 80))
     labels = np.zeros(z.shape, np.uint8)

@@ -264,8 +264,7 @@ def lesions_by_segmentation(found: LesionStudySequences, options: Classification
     reference = volumes[SEGMENTATION_REFERENCE]
     segmenter = load_segmenter(weights_path("MR", options.segmentation), "MR")
     probabilities = segmenter.segment(np.stack([images[c] for c in segmenter.channels]), reference.spacing)
-    findings = lesion_findings(probabilities, reference.spacing, options.segmentation,
-                               segmenter.postprocess_options)
+    findings = lesion_findings(probabilities, reference.spacing, options.segmentation)
     source = source_datasets(reference, found.sequences[SEGMENTATION_REFERENCE].series)
     algorithm = AlgorithmInfo(name="pacsnode liver segmentation", version=algorithm_version,
                               parameters={"model": segmenter.version, "purpose": "lesions for classification"})

@@ -56,8 +56,7 @@ def model_segmenter(weights: str | Path,
 
     def segment(phantom: Any) -> Any:
         channels = phantom_channels(phantom, segmenter.channels, register)
-        return postprocess(segmenter.segment(channels, phantom.spacing), phantom.spacing,
-                           **segmenter.postprocess_options)
+        return postprocess(segmenter.segment(channels, phantom.spacing), phantom.spacing)
 
     return segmenter.version, segmenter.channels, segment
 

@@ -64,8 +64,6 @@ class LiverEnsemble:
                     f"{member.normalisation}; an ensemble's members share model spacing and normalisation")
         self.members = list(members)
         self.manifest = dict(manifest)
-        #: Keyword arguments of ``postprocess.postprocess``: the ensemble's own operating point, not its members'.
-        self.postprocess_options: dict[str, float] = lw.postprocess_options(self.manifest)
         self.channels: tuple[str, ...] = first.channels
         self.modality: str = first.modality
         self.device: torch.device = first.device
@@ -146,15 +144,12 @@ def load_liver_model(path: str | Path, device: torch.device | str | None = None)
 
 
 def build_ensemble_manifest(model_version: str, member_manifests: Sequence[str | Path],
-                            metrics: Mapping[str, Any] | None = None,
-                            tumour_grow_probability: float | None = None) -> dict[str, Any]:
+                            metrics: Mapping[str, Any] | None = None) -> dict[str, Any]:
     """The manifest of an ensemble of the models whose manifests are *member_manifests*.
 
     The members must lie in one folder, where the ensemble's manifest is written
     too, so that the three travel together. Each member is loaded (and so
     checked) here, and must read the same inputs as the others.
-    *tumour_grow_probability* sets the ensemble's operating point (hysteresis,
-    :mod:`inference.liver.postprocess`); None: plain argmax.
     """
     paths = [Path(p).with_suffix(".json") for p in member_manifests]
     folders = {p.resolve().parent for p in paths}
@@ -162,33 +157,24 @@ def build_ensemble_manifest(model_version: str, member_manifests: Sequence[str |
         raise LiverEnsembleError("ensemble members must lie in one folder (the ensemble's manifest goes there "
                                  f"too); got {', '.join(sorted(str(f) for f in folders))}")
     members = [lw.LiverSegmenter.load(p, device="cpu") for p in paths]
-    operating_point = {} if tumour_grow_probability is None else {"tumour_grow_probability": tumour_grow_probability}
-    ensemble = LiverEnsemble(members, {"model_version": model_version, "postprocess": operating_point})
-    combination = COMBINATION if not operating_point else (
-        f"{COMBINATION}; tumour components grown into connected voxels of tumour probability "
-        f">= {tumour_grow_probability:g}")
-    manifest = {
+    ensemble = LiverEnsemble(members, {"model_version": model_version})
+    return {
         "format": ENSEMBLE_FORMAT,
         "format_version": ENSEMBLE_FORMAT_VERSION,
         "model_version": model_version,
         "members": [{"manifest": p.name, "model_version": m.version, "weights_sha256": m.manifest["weights_sha256"]}
                     for p, m in zip(paths, members, strict=True)],
-        "combination": combination,
+        "combination": COMBINATION,
         "input": {"channels": list(ensemble.channels), "modality": ensemble.modality},
         "classes": list(members[0].manifest["classes"]),
         "metrics": dict(metrics or {}),
         "intended_use": "research use only; not a medical device",
     }
-    if operating_point:
-        manifest["postprocess"] = ensemble.postprocess_options
-    return manifest
 
 
-def write_ensemble(model_version: str, member_manifests: Sequence[str | Path],
-                   tumour_grow_probability: float | None = None) -> Path:
+def write_ensemble(model_version: str, member_manifests: Sequence[str | Path]) -> Path:
     """Write ``<model_version>.json`` beside the members (:func:`build_ensemble_manifest`); return its path."""
-    manifest = build_ensemble_manifest(model_version, member_manifests,
-                                       tumour_grow_probability=tumour_grow_probability)
+    manifest = build_ensemble_manifest(model_version, member_manifests)
     path = Path(member_manifests[0]).resolve().parent / f"{model_version}.json"
     lw.write_manifest(manifest, path)
     return path

@@ -281,13 +281,11 @@ def write_liver_seg(source: Sequence[Dataset], findings: LiverFindings, algorith
                                       content_label="LIVER")
 
 
-def lesion_findings(probabilities: np.ndarray, spacing: Sequence[float], options: LiverOptions,
-                    model_options: Mapping[str, float] | None = None) -> LiverFindings:
-    """Post-process the model's probabilities: the route's lesion sizes, the model's own operating point."""
+def lesion_findings(probabilities: np.ndarray, spacing: Sequence[float], options: LiverOptions) -> LiverFindings:
     from inference.liver.postprocess import postprocess
 
     result = postprocess(probabilities, spacing, min_volume_ml=options.min_lesion_ml,
-                         min_diameter_mm=options.min_lesion_mm, **(model_options or {}))
+                         min_diameter_mm=options.min_lesion_mm)
     liver = result.labels > 0
     if not liver.any():
         raise PipelineInputError("no liver was found in the study: check that the series cover the upper abdomen")
@@ -359,7 +357,7 @@ class LiverSegmentationPipeline(Pipeline):
         segmenter = load_segmenter(prepared.weights, prepared.modality)
         reference = prepared.reference
         probabilities = segmenter.segment(prepared.channels(segmenter.channels), reference.spacing)
-        findings = lesion_findings(probabilities, reference.spacing, settings, segmenter.postprocess_options)
+        findings = lesion_findings(probabilities, reference.spacing, settings)
         del probabilities
         registrations = prepared.registrations
         log.info("liver segmented", extra={

@@ -3,12 +3,7 @@
 Steps (:func:`postprocess`), on the study's grid:
 
 1. **Labels** are the most probable class per voxel (0 background, 1 liver,
-   2 tumour). With ``tumour_grow_probability`` *t* (a model's operating point,
-   from its manifest), each tumour component then takes in the foreground
-   voxels connected to it whose tumour probability is at least *t*
-   (hysteresis: the argmax seeds the lesions, the lower threshold draws their
-   edges). No new component appears, so false positives do not rise; an
-   ensemble whose members disagree at a lesion's edge gets it back.
+   2 tumour).
 2. **One liver.** The liver *includes* its tumours: the largest 6-connected
    component of liver ∪ tumour is kept, everything else is background (a
    spleen or kidney mistaken for liver is usually a separate component).
@@ -48,8 +43,6 @@ LIVER_MARGIN_MM = 5.0
 MIN_LESION_VOLUME_ML = 0.1
 #: Default smallest lesion diameter (mm).
 MIN_LESION_DIAMETER_MM = 0.0
-#: Tumour-growth thresholds must lie strictly between these (at 0.5 or above the argmax already has the voxel).
-GROW_PROBABILITY_RANGE = (0.0, 0.5)
 
 
 class PostprocessError(ValueError):
@@ -131,36 +124,6 @@ def labels_from_probabilities(probabilities: np.ndarray) -> np.ndarray:
     if probabilities.ndim != 4 or probabilities.shape[0] != 3:
         raise PostprocessError(f"expected [3, z, y, x] probabilities, got shape {probabilities.shape}")
     return np.argmax(probabilities, axis=0).astype(np.uint8)
-
-
-def check_grow_probability(value: float) -> float:
-    """*value* as a tumour-growth threshold, refused unless strictly between 0 and 0.5."""
-    low, high = GROW_PROBABILITY_RANGE
-    if isinstance(value, bool) or not isinstance(value, int | float) or not low < float(value) < high:
-        raise PostprocessError(f"tumour_grow_probability must be a number strictly between {low:g} and {high:g}, "
-                               f"got {value!r}")
-    return float(value)
-
-
-def grow_tumours(labels: np.ndarray, probabilities: np.ndarray, grow_probability: float) -> np.ndarray:
-    """Labels where each tumour component took in the connected voxels of tumour probability >= *grow_probability*.
-
-    Only voxels more likely foreground than background join (liver edges stay
-    liver edges), and only through 26-connected paths from an existing tumour
-    component, so no tumour component is created.
-    """
-    grow_probability = check_grow_probability(grow_probability)
-    labels = np.asarray(labels, dtype=np.uint8)
-    probabilities = np.asarray(probabilities)
-    tumour = labels == TUMOUR
-    if not tumour.any():
-        return labels.copy()
-    candidates = tumour | ((probabilities[TUMOUR] >= grow_probability) & (probabilities[BACKGROUND] < 0.5))
-    numbered, _count = components(candidates, fully_connected=True)
-    seeded = np.unique(numbered[tumour])
-    out = labels.copy()
-    out[np.isin(numbered, seeded[seeded > 0])] = TUMOUR
-    return out
 
 
 def components(mask: np.ndarray, *, fully_connected: bool) -> tuple[np.ndarray, int]:
@@ -281,14 +244,10 @@ def postprocess(
     min_volume_ml: float = MIN_LESION_VOLUME_ML,
     min_diameter_mm: float = MIN_LESION_DIAMETER_MM,
     margin_mm: float = LIVER_MARGIN_MM,
-    tumour_grow_probability: float | None = None,
 ) -> Segmentation:
     """Probabilities ``[3, z, y, x]`` → one liver, tumours inside it, measured lesions (module docstring)."""
-    labels = labels_from_probabilities(probabilities)
-    if tumour_grow_probability is not None:
-        labels = grow_tumours(labels, probabilities, tumour_grow_probability)
     return postprocess_labels(
-        labels, spacing,
+        labels_from_probabilities(probabilities), spacing,
         min_volume_ml=min_volume_ml, min_diameter_mm=min_diameter_mm, margin_mm=margin_mm,
     )
 
@@ -313,7 +272,6 @@ def postprocess_labels(
 
 __all__ = [
     "BACKGROUND",
-    "GROW_PROBABILITY_RANGE",
     "LIVER",
     "LIVER_MARGIN_MM",
     "MIN_LESION_DIAMETER_MM",
@@ -322,10 +280,8 @@ __all__ = [
     "Lesion",
     "PostprocessError",
     "Segmentation",
-    "check_grow_probability",
     "components",
     "find_lesions",
-    "grow_tumours",
     "keep_largest_liver",
     "labels_from_probabilities",
     "liver_envelope",

@@ -409,8 +409,7 @@ def phantom_segmenter(segmenter: ensemble.LiverModel, recipe: ModelRecipe,
     def segment(phantom: Any) -> postprocess.Segmentation:
         channels = aligned_phantom_channels(phantom, recipe.channels)
         probabilities = segmenter.segment(channels, phantom.spacing)
-        return postprocess.postprocess(probabilities, phantom.spacing,
-                                       **{**segmenter.postprocess_options, **postprocess_options})
+        return postprocess.postprocess(probabilities, phantom.spacing, **postprocess_options)
 
     return segment
 
@@ -985,17 +984,12 @@ def _ensemble_lines(manifests: Sequence[tuple[str, dict[str, Any]]],
              "An ensemble runs trained models of the same inputs and averages their class probabilities",
              "(`inference/liver/ensemble.py`); its manifest pins each member's weights by sha256. The",
              "members share model spacing and normalisation, so a study is resampled once and each",
-             "member's network runs on it (the benchmark gives the cost). An ensemble may carry an",
-             "operating point: its tumour components then grow into the connected voxels whose mean tumour",
-             "probability reaches a lower threshold (hysteresis; no new lesion appears). Where the members",
-             "disagree about a lesion, the mean sits near 0.5 and the argmax drops or trims it.", "",
-             "| ensemble | members | input | post-processing |", "|---|---|---|---|"]
+             "member's network runs on it (the benchmark gives the cost).", "",
+             "| ensemble | members | input |", "|---|---|---|"]
     for _name, m in ensembles:
         members = ", ".join(f"`{p['model_version']}`" for p in m["members"])
-        grow = m.get("postprocess", {}).get("tumour_grow_probability")
-        operating_point = "argmax" if grow is None else f"argmax, tumours grown to probability ≥ {grow:g}"
         lines.append(f"| `{m['model_version']}` | {members} | {', '.join(m['input']['channels'])} "
-                     f"({m['input']['modality']}) | {operating_point} |")
+                     f"({m['input']['modality']}) |")
     lines.append("")
     for _name, m in ensembles:
         h = m.get("metrics", {}).get("held_out_phantoms")
@@ -1024,10 +1018,7 @@ def ensemble_command(manifest: dict[str, Any]) -> str:
     """The ``pacsnode ensemble`` line that rebuilds and evaluates the ensemble of *manifest*."""
     members = " ".join(f"inference/liver/weights/{p['manifest']}" for p in manifest["members"])
     cases = manifest.get("metrics", {}).get("held_out_phantoms", {}).get("cases", TrainingSettings().evaluation_cases)
-    grow = manifest.get("postprocess", {}).get("tumour_grow_probability")
-    operating_point = "" if grow is None else f" --tumour-grow-probability {grow:g}"
-    return (f"pacsnode ensemble liver-seg {manifest['model_version']} {members}{operating_point} "
-            f"--evaluation-cases {cases}")
+    return f"pacsnode ensemble liver-seg {manifest['model_version']} {members} --evaluation-cases {cases}"
 
 
 def model_card(manifests: Sequence[tuple[str, dict[str, Any]]],
@@ -1079,8 +1070,7 @@ def model_card(manifests: Sequence[tuple[str, dict[str, Any]]],
             f"* Sliding windows of {' × '.join(map(str, first['input']['patch_size_zyx']))} voxels, overlap 0.5, "
             "Gaussian blending (MONAI); softmax.",
             "* Post-processing: largest connected liver (with tumours); tumour components mostly outside",
-            "  the 5 mm liver envelope dropped; lesions under 0.1 ml become liver (configurable). An",
-            "  ensemble's manifest may add an operating point that grows its tumours (see \"Ensembles\").",
+            "  the 5 mm liver envelope dropped; lesions under 0.1 ml become liver (configurable).",
             "* The DCE phases and multi-phase CT phases must be co-registered onto the portal phase first (the pipeline does this",
             "  with `dicom_io.registration`; training undoes the phantom's known motion instead).",
             "",
@@ -1252,9 +1242,6 @@ def ensemble_main(argv: Sequence[str] | None = None) -> int:
                         help="manifests of two or more models of the same inputs, in one folder")
     parser.add_argument("--evaluation-cases", type=int, default=TrainingSettings().evaluation_cases,
                         help="held-out phantoms (seeds 0…) to evaluate on (with --confirm: confirmation phantoms)")
-    parser.add_argument("--tumour-grow-probability", type=float, default=None, metavar="P",
-                        help="the ensemble's operating point: tumour components grow into connected voxels of "
-                             "tumour probability >= P (0 < P < 0.5; default: plain argmax)")
     parser.add_argument("--threads", type=int, default=TrainingSettings().threads)
     parser.add_argument("--evaluate-only", action="store_true",
                         help="do not write the ensemble: evaluate the one already in --out")
@@ -1268,12 +1255,10 @@ def ensemble_main(argv: Sequence[str] | None = None) -> int:
         parser.error("--confirm goes with --evaluate-only")
     if args.evaluate_only == bool(args.members):
         parser.error("give two or more MEMBER manifests, or --evaluate-only without members")
-    if args.evaluate_only and args.tumour_grow_probability is not None:
-        parser.error("--tumour-grow-probability is set when the ensemble is written, not with --evaluate-only")
     torch.set_num_threads(args.threads)
     try:
         path = (args.out / f"{args.version}.json" if args.evaluate_only
-                else ensemble.write_ensemble(args.version, args.members, args.tumour_grow_probability))
+                else ensemble.write_ensemble(args.version, args.members))
         record_ensemble_evaluation(path, args.evaluation_cases, confirmation=args.confirm)
     except (ValueError, lw.LiverModelError) as exc:
         parser.exit(2, f"{parser.prog}: {exc}\n")

@@ -31,7 +31,7 @@ import torch
 from monai.inferers import sliding_window_inference
 from torch import nn
 
-from inference.liver import postprocess, preprocess
+from inference.liver import preprocess
 from inference.liver.models import LIVER_CLASSES, ModelConfigError, build_model
 from inference.model_files import (
     default_device,
@@ -57,8 +57,6 @@ DEFAULT_MODELS = {
 #: Sliding-window overlap between neighbouring windows (fraction of the window).
 SLIDING_WINDOW_OVERLAP = 0.5
 
-#: What a manifest's optional ``postprocess`` section may set (see :func:`postprocess_options`).
-POSTPROCESS_KEYS = ("tumour_grow_probability",)
 _REQUIRED = ("model_version", "model_kind", "architecture", "weights_file", "weights_sha256", "input", "classes")
 _REQUIRED_INPUT = ("channels", "modality", "spacing_zyx_mm", "normalisation", "patch_size_zyx")
 
@@ -145,20 +143,6 @@ def read_manifest(path: str | Path) -> dict[str, Any]:
     return manifest
 
 
-def postprocess_options(manifest: Mapping[str, Any]) -> dict[str, float]:
-    """The model's operating point: its manifest's ``postprocess`` section, checked, as keyword arguments of
-    :func:`inference.liver.postprocess.postprocess` (empty: plain argmax)."""
-    section = manifest.get("postprocess", {})
-    where = f"model {manifest.get('model_version', 'unknown')}"
-    if not isinstance(section, Mapping) or set(section) - set(POSTPROCESS_KEYS):
-        raise LiverManifestError(f"{where}: the manifest's postprocess section may hold only "
-                                 f"{', '.join(POSTPROCESS_KEYS)}, got {section!r}")
-    try:
-        return {key: postprocess.check_grow_probability(value) for key, value in section.items()}
-    except postprocess.PostprocessError as exc:
-        raise LiverManifestError(f"{where}: {exc}") from exc
-
-
 class LiverSegmenter:
     """A trained liver/tumour segmentation model with its manifest, ready to run.
 
@@ -176,8 +160,6 @@ class LiverSegmenter:
         self.spacing: tuple[float, float, float] = tuple(float(s) for s in spec["spacing_zyx_mm"])  # type: ignore
         self.normalisation: dict[str, Any] = dict(spec["normalisation"])
         self.patch_size: tuple[int, int, int] = tuple(int(p) for p in spec["patch_size_zyx"])  # type: ignore
-        #: Keyword arguments of ``postprocess.postprocess`` this model was evaluated with.
-        self.postprocess_options: dict[str, float] = postprocess_options(self.manifest)
         divisor = int(getattr(self.model, "size_divisor", 1))
         if len(self.patch_size) != 3 or any(p % divisor for p in self.patch_size):
             raise LiverManifestError(
@@ -284,7 +266,6 @@ __all__ = [
     "DEFAULT_MODELS",
     "MANIFEST_FORMAT",
     "MANIFEST_FORMAT_VERSION",
-    "POSTPROCESS_KEYS",
     "SLIDING_WINDOW_OVERLAP",
     "WEIGHTS_DIR",
     "LiverInputError",
@@ -296,7 +277,6 @@ __all__ = [
     "build_manifest",
     "default_device",
     "default_weights",
-    "postprocess_options",
     "read_manifest",
     "save_weights",
     "sha256_of_file",
