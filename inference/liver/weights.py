@@ -240,9 +240,8 @@ class LiverSegmenter:
         Normalises, resamples to the model spacing, runs :meth:`predict`, and
         resamples the probabilities back onto the study's grid (*spacing* zyx mm).
         """
-        channels = self._check_channels(channels)
         probabilities = self.predict(self.model_grid_input(channels, spacing), normalised=True)
-        return preprocess.probabilities_to_grid(probabilities, self.spacing, channels.shape[1:], spacing)
+        return preprocess.probabilities_to_grid(probabilities, self.spacing, np.shape(channels)[1:], spacing)
 
     def model_grid_input(self, channels: np.ndarray, spacing: Sequence[float]) -> np.ndarray:
         """A study's raw ``[P, z, y, x]`` channels normalised and resampled onto the model grid, for :meth:`predict`."""
