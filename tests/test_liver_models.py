@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import shutil
 from pathlib import Path
@@ -25,13 +26,14 @@ def _small_fused() -> models.FusedUNet4D:
 
 
 def _write_model(tmp: Path, model: torch.nn.Module, kind: str, channels: tuple[str, ...], modality: str,
-                 patch: tuple[int, int, int] = (16, 32, 32), name: str = "test-v1") -> Path:
+                 patch: tuple[int, int, int] = (16, 32, 32), name: str = "test-v1",
+                 mirroring: tuple[tuple[str, ...], ...] = ()) -> Path:
     sha = lw.save_weights(model, tmp / f"{name}.pt")
     manifest = lw.build_manifest(
         model_version=name, model_kind=kind, architecture=models.config_to_json(model.config),
         weights_file=f"{name}.pt", weights_sha256=sha, channels=channels, modality=modality,
         spacing_zyx_mm=(4.0, 3.0, 3.0), normalisation=preprocess.default_normalisation(modality),
-        patch_size_zyx=patch, training={"note": "test"},
+        patch_size_zyx=patch, training={"note": "test"}, mirroring=mirroring,
     )
     path = tmp / f"{name}.json"
     lw.write_manifest(manifest, path)
@@ -107,6 +109,31 @@ def test_sliding_window_handles_volumes_larger_and_smaller_than_the_patch(tmp_pa
     assert np.abs(whole[:, 10:14, 20:28, 20:28] - crop[:, 2:6, 4:12, 4:12]).mean() < 0.05
     with pytest.raises(lw.LiverInputError, match="expects"):
         segmenter.predict(np.zeros((2, 8, 16, 16), np.float32))
+
+
+def test_mirrored_views_are_averaged_with_the_study_itself(tmp_path):
+    torch.manual_seed(3)
+    model = models.UNet3D(models.UNet3DConfig(widths=(4, 8, 8))).eval()
+    plain = lw.LiverSegmenter.load(_write_model(tmp_path, model, "unet-3d", ("ct",), "CT", patch=(8, 16, 16)),
+                                   device="cpu")
+    mirrored = lw.LiverSegmenter.load(
+        _write_model(tmp_path, model, "unet-3d", ("ct",), "CT", patch=(8, 16, 16), name="test-v2",
+                     mirroring=lw.MIRRORED_VIEWS), device="cpu")
+    assert plain.mirroring == () and mirrored.mirroring == ((0,), (1,), (2,))
+    x = np.random.default_rng(4).normal(size=(1, 11, 21, 19)).astype(np.float32)
+    views = [plain.predict(x, normalised=True)]
+    for axis in (1, 2, 3):  # z, y, x of [P, z, y, x]
+        views.append(np.flip(plain.predict(np.flip(x, axis).copy(), normalised=True), axis))
+    probabilities = mirrored.predict(x, normalised=True)
+    np.testing.assert_allclose(probabilities, np.mean(views, axis=0), atol=1e-5)
+    assert np.abs(probabilities - views[0]).max() > 1e-3  # an untrained network is not mirror-symmetric
+    np.testing.assert_allclose(probabilities.sum(axis=0), 1.0, atol=1e-5)
+
+    manifest = json.loads((tmp_path / "test-v2.json").read_text())
+    manifest["inference"]["mirroring"] = [["x"], ["left"]]
+    (tmp_path / "test-v2.json").write_text(json.dumps(manifest))
+    with pytest.raises(lw.LiverManifestError, match="inference.mirroring"):
+        lw.LiverSegmenter.load(tmp_path / "test-v2.json")
 
 
 def test_load_refuses_tampered_missing_and_malformed_weights(tmp_path):
@@ -371,8 +398,17 @@ def test_training_is_seeded_and_writes_a_loadable_model(tmp_path):
     assert training.first_phantom_seed(1) > first["training"]["phantom_seeds"][1]
     segmenter = lw.LiverSegmenter.load(tmp_path / "a" / "liver-seg-mr-baseline-v1.json", device="cpu")
     assert segmenter.channels == ("portal",) and segmenter.patch_size == (16, 32, 32)
+    assert segmenter.mirroring == ()
     card = (tmp_path / "a" / training.MODEL_CARD).read_text()
     assert "Research use only" in card and "pacsnode train liver-seg-mr-baseline --seed 0 --steps 2 " in card
+    # trained on mirrored crops: a different network, run on its mirrored views too, and the card says how
+    mirrored = training.train_liver_model("liver-seg-mr-baseline", tmp_path / "d",
+                                          training.TrainingSettings(**{**settings.__dict__, "mirror": True}),
+                                          log=lambda _: None)
+    assert mirrored["weights_sha256"] != first["weights_sha256"]
+    assert mirrored["inference"]["mirroring"] == [["z"], ["y"], ["x"]]
+    assert lw.LiverSegmenter.load(tmp_path / "d" / "liver-seg-mr-baseline-v1.json").mirroring == ((0,), (1,), (2,))
+    assert "--mirror" in (tmp_path / "d" / training.MODEL_CARD).read_text()
 
 
 def test_confirmation_evaluation_is_kept_beside_the_held_out_one_on_seeds_no_choice_saw(tmp_path):
@@ -467,6 +503,26 @@ def test_lesion_balanced_crops_centre_small_lesions_as_often_as_large_ones():
 
     assert small_lesion_share(False) < 0.01
     assert 0.4 < small_lesion_share(True) < 0.6
+
+
+def test_mirrored_crops_keep_each_label_on_its_voxel_and_flip_every_axis_about_half_the_time():
+    from inference.liver import training
+
+    rng = np.random.default_rng(5)
+    labels = rng.integers(0, 3, (8, 16, 16)).astype(np.uint8)
+    case = training.TrainingCase("test", labels[None].astype(np.float32), labels)
+    settings = training.TrainingSettings(patch_size=(8, 16, 16), intensity_jitter=0.0, mirror=True)
+    flipped = np.zeros(3)
+    for _ in range(200):
+        channels, crop = training.random_crop(case, settings, rng)
+        assert np.array_equal(channels[0], crop)  # the image and its labels are mirrored together
+        mirrorings = [axes for n in range(4) for axes in itertools.combinations(range(3), n)
+                      if np.array_equal(np.flip(labels, axes), crop)]
+        assert len(mirrorings) == 1  # the crop is the case mirrored along some of its axes
+        flipped[list(mirrorings[0])] += 1
+    assert np.all((flipped > 70) & (flipped < 130))
+    unmirrored = training.TrainingSettings(patch_size=(8, 16, 16), intensity_jitter=0.0)
+    assert all(np.array_equal(training.random_crop(case, unmirrored, rng)[1], labels) for _ in range(20))
 
 
 def test_site_study_with_a_seg_is_read_onto_the_portal_grid_with_its_phases_aligned(tmp_path):

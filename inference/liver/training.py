@@ -42,7 +42,11 @@ threads and deterministic algorithms make a run reproducible for a seed on the
 same CPU and torch build. ``--minutes`` stops early between steps (recorded,
 since it makes the result depend on the machine's speed). ``--crop-by-lesion``
 picks a lesion before a voxel for the tumour-centred crops, so small lesions
-are trained on as often as large ones. ``--init MANIFEST`` starts from a model
+are trained on as often as large ones. ``--mirror`` mirrors each crop along z,
+y and x at random (each with probability one half); such a model is then run on
+the study and on its three mirrored copies, the probabilities averaged (the
+manifest's ``inference.mirroring``: a network that never saw a mirrored abdomen
+reads one poorly, so only these models are). ``--init MANIFEST`` starts from a model
 of the same recipe (fine-tuning: a site adapting the committed model to its
 studies, or a longer training continued), or of the recipe's ``starts_from``
 (transfer to other inputs); the manifest records which.
@@ -176,6 +180,10 @@ class TrainingSettings:
     #: small lesions are seen as often as large ones; otherwise a tumour voxel is picked, and a
     #: 40 mm lesion (hundreds of times the voxels of a 6 mm one) takes nearly every such crop.
     crop_by_lesion: bool = False
+    #: Each crop is mirrored along each of z, y and x with probability one half, so the network
+    #: reads a mirrored study as well as the study itself; the pipeline then averages its
+    #: predictions over mirrored copies (test-time mirroring, see ``LiverSegmenter.predict``).
+    mirror: bool = False
     #: Manifest of a model of the same recipe whose weights training starts from (fine-tuning),
     #: e.g. the committed model before a site retrains it on its own studies.
     init_from: str | None = None
@@ -386,6 +394,10 @@ def random_crop(case: TrainingCase, settings: TrainingSettings, rng: np.random.G
     if any(after for _, after in pad):
         channels = np.pad(channels, [(0, 0), *pad], constant_values=0.0)
         labels = np.pad(labels, pad, constant_values=0)
+    if settings.mirror:
+        axes = [axis for axis in range(3) if rng.random() < 0.5]
+        channels = np.flip(channels, [a + 1 for a in axes])
+        labels = np.ascontiguousarray(np.flip(labels, axes))
     scale = 1.0 + settings.intensity_jitter * rng.uniform(-1, 1, (channels.shape[0], 1, 1, 1))
     shift = settings.intensity_jitter * rng.uniform(-1, 1, (channels.shape[0], 1, 1, 1))
     return (channels * scale + shift).astype(np.float32), labels
@@ -564,6 +576,7 @@ def _train(recipe: ModelRecipe, out_dir: Path, settings: TrainingSettings, data_
         normalisation=preprocess.default_normalisation(recipe.modality),
         patch_size_zyx=settings.inference_patch_size,
         training=training,
+        mirroring=lw.MIRRORED_VIEWS if settings.mirror else (),
     )
     manifest_path = out_dir / f"{model_version}.json"
     lw.write_manifest(manifest, manifest_path)
@@ -967,6 +980,7 @@ def _fine_tuning_lines(manifests: Sequence[tuple[str, dict[str, Any]]]) -> list[
         t = m["training"]
         s, start = t["settings"], t.get("initial_weights")
         crops = "lesion-balanced tumour crops (a lesion picked first, then a voxel in it), " if s.get("crop_by_lesion") else ""
+        crops += "crops mirrored at random along z, y and x, " if s.get("mirror") else ""
         optimiser = f"{crops}Adam lr {s['learning_rate']:g} with cosine decay."
         if start:
             lines.append(f"* `{m['model_version']}`: started from `{start['model_version']}` "
@@ -991,6 +1005,8 @@ def reproduce_command(name: str, manifest: dict[str, Any]) -> str:
         words.append(f"--learning-rate {s['learning_rate']:g}")
     if s.get("crop_by_lesion"):
         words.append("--crop-by-lesion")
+    if s.get("mirror"):
+        words.append("--mirror")
     if s.get("widths"):
         words.append("--widths " + " ".join(map(str, s["widths"])))
     if s.get("init_from"):
@@ -1214,6 +1230,8 @@ def main(argv: Sequence[str] | None = None, name: str | None = None) -> int:
     parser.add_argument("--learning-rate", type=float, default=defaults.learning_rate)
     parser.add_argument("--crop-by-lesion", action="store_true",
                         help="tumour-centred crops pick a lesion first, so small lesions are seen as often as large")
+    parser.add_argument("--mirror", action="store_true",
+                        help="mirror each crop along z, y and x at random, for test-time mirroring")
     parser.add_argument("--widths", type=int, nargs="+", default=None, metavar="N",
                         help="feature channels per network level (default: the recipe's, e.g. 8 16 24 32)")
     parser.add_argument("--init", default=None, metavar="MANIFEST",
@@ -1244,7 +1262,7 @@ def main(argv: Sequence[str] | None = None, name: str | None = None) -> int:
     settings = TrainingSettings(
         seed=args.seed, steps=args.steps, minutes=args.minutes, batch_size=args.batch_size,
         pool_size=args.pool_size, evaluation_cases=args.evaluation_cases, threads=args.threads,
-        learning_rate=args.learning_rate, crop_by_lesion=args.crop_by_lesion, init_from=args.init,
+        learning_rate=args.learning_rate, crop_by_lesion=args.crop_by_lesion, mirror=args.mirror, init_from=args.init,
         model_version=args.version, widths=tuple(args.widths) if args.widths else None,
     )
     try:

@@ -56,6 +56,11 @@ DEFAULT_MODELS = {
 }
 #: Sliding-window overlap between neighbouring windows (fraction of the window).
 SLIDING_WINDOW_OVERLAP = 0.5
+#: Axes of the ``[z, y, x]`` grid by the names a manifest's ``inference.mirroring`` uses.
+MIRROR_AXES = {"z": 0, "y": 1, "x": 2}
+#: The mirrored copies a model trained on mirrored crops (``pacsnode train --mirror``) is run on
+#: besides the study itself, their probabilities averaged: one per axis.
+MIRRORED_VIEWS: tuple[tuple[str, ...], ...] = (("z",), ("y",), ("x",))
 
 _REQUIRED = ("model_version", "model_kind", "architecture", "weights_file", "weights_sha256", "input", "classes")
 _REQUIRED_INPUT = ("channels", "modality", "spacing_zyx_mm", "normalisation", "patch_size_zyx")
@@ -101,8 +106,14 @@ def build_manifest(
     patch_size_zyx: Sequence[int],
     training: Mapping[str, Any],
     metrics: Mapping[str, Any] | None = None,
+    mirroring: Sequence[Sequence[str]] = (),
 ) -> dict[str, Any]:
-    """The manifest that weights travel with (read back by :meth:`LiverSegmenter.load`)."""
+    """The manifest that weights travel with (read back by :meth:`LiverSegmenter.load`).
+
+    *mirroring* lists the mirrored copies of the input (each a list of axes,
+    ``"z"``, ``"y"``, ``"x"``) whose predictions are averaged with the input's
+    own; only for a network trained on mirrored crops.
+    """
     return {
         "format": MANIFEST_FORMAT,
         "format_version": MANIFEST_FORMAT_VERSION,
@@ -120,7 +131,8 @@ def build_manifest(
             "patch_size_zyx": [int(p) for p in patch_size_zyx],
         },
         "classes": list(LIVER_CLASSES),
-        "inference": {"sliding_window_overlap": SLIDING_WINDOW_OVERLAP, "blending": "gaussian"},
+        "inference": {"sliding_window_overlap": SLIDING_WINDOW_OVERLAP, "blending": "gaussian",
+                      "mirroring": [list(view) for view in mirroring]},
         "training": dict(training),
         "metrics": dict(metrics or {}),
         "intended_use": "research use only; not a medical device",
@@ -160,6 +172,7 @@ class LiverSegmenter:
         self.spacing: tuple[float, float, float] = tuple(float(s) for s in spec["spacing_zyx_mm"])  # type: ignore
         self.normalisation: dict[str, Any] = dict(spec["normalisation"])
         self.patch_size: tuple[int, int, int] = tuple(int(p) for p in spec["patch_size_zyx"])  # type: ignore
+        self.mirroring = mirrored_views(self.manifest)
         divisor = int(getattr(self.model, "size_divisor", 1))
         if len(self.patch_size) != 3 or any(p % divisor for p in self.patch_size):
             raise LiverManifestError(
@@ -212,27 +225,39 @@ class LiverSegmenter:
         normalisation is applied first. Windows of :attr:`patch_size` overlap by
         half and are blended with Gaussian weights; volumes smaller than a
         window are padded (zeros after normalisation, which is air for MR and
-        the window's mid-level for CT) and the padding is cut off again.
+        the window's mid-level for CT) and the padding is cut off again. A
+        model whose manifest lists mirrored views (:attr:`mirroring`) is also
+        run on each mirrored copy, mirrored back, and the probabilities averaged.
         """
         channels = self._check_channels(channels)
         if not normalised:
             channels = preprocess.normalise(channels, self.normalisation)
         inputs = torch.from_numpy(np.ascontiguousarray(channels))[None]
+        views = ((), *self.mirroring)
         with torch.inference_mode():
-            logits = sliding_window_inference(
-                inputs,
-                roi_size=self.patch_size,
-                sw_batch_size=sw_batch_size,
-                predictor=self.model,
-                overlap=SLIDING_WINDOW_OVERLAP,
-                mode="gaussian",
-                padding_mode="constant",
-                cval=0.0,
-                sw_device=self.device,
-                device=torch.device("cpu"),
-            )
-            probabilities = torch.softmax(logits.float(), dim=1)[0]
-        return probabilities.numpy().astype(np.float32, copy=False)
+            total = self._view_probabilities(inputs, views[0], sw_batch_size)
+            for axes in views[1:]:
+                total += self._view_probabilities(inputs, axes, sw_batch_size)
+            total /= len(views)
+        return total.numpy().astype(np.float32, copy=False)
+
+    def _view_probabilities(self, inputs: torch.Tensor, axes: tuple[int, ...], sw_batch_size: int) -> torch.Tensor:
+        """Probabilities ``[3, z, y, x]`` of *inputs* ``[1, P, z, y, x]`` mirrored along *axes*, mirrored back."""
+        dims = [axis + 2 for axis in axes]
+        logits = sliding_window_inference(
+            inputs.flip(dims) if dims else inputs,
+            roi_size=self.patch_size,
+            sw_batch_size=sw_batch_size,
+            predictor=self.model,
+            overlap=SLIDING_WINDOW_OVERLAP,
+            mode="gaussian",
+            padding_mode="constant",
+            cval=0.0,
+            sw_device=self.device,
+            device=torch.device("cpu"),
+        )
+        probabilities = torch.softmax(logits.float(), dim=1)
+        return (probabilities.flip(dims) if dims else probabilities)[0]
 
     def segment(self, channels: np.ndarray, spacing: Sequence[float]) -> np.ndarray:
         """Probabilities ``[3, z, y, x]`` on the study's own grid for its raw ``[P, z, y, x]`` channels.
@@ -247,6 +272,17 @@ class LiverSegmenter:
         """A study's raw ``[P, z, y, x]`` channels normalised and resampled onto the model grid, for :meth:`predict`."""
         normalised = preprocess.normalise(self._check_channels(channels), self.normalisation)
         return preprocess.to_model_grid(normalised, spacing, self.spacing)
+
+
+def mirrored_views(manifest: Mapping[str, Any]) -> tuple[tuple[int, ...], ...]:
+    """The ``inference.mirroring`` of *manifest* as ``[z, y, x]`` axis indices; none when absent."""
+    views = manifest.get("inference", {}).get("mirroring", [])
+    if not isinstance(views, list) or not all(
+            isinstance(view, list) and view and all(axis in MIRROR_AXES for axis in view) for view in views):
+        raise LiverManifestError(
+            f"manifest of {manifest.get('model_version', 'unknown')}: inference.mirroring must list views, each "
+            f"a non-empty list of axes {sorted(MIRROR_AXES)}, got {views!r}")
+    return tuple(tuple(MIRROR_AXES[axis] for axis in view) for view in views)
 
 
 def save_weights(model: nn.Module, weights_path: Path) -> str:
@@ -265,6 +301,8 @@ __all__ = [
     "DEFAULT_MODELS",
     "MANIFEST_FORMAT",
     "MANIFEST_FORMAT_VERSION",
+    "MIRRORED_VIEWS",
+    "MIRROR_AXES",
     "SLIDING_WINDOW_OVERLAP",
     "WEIGHTS_DIR",
     "LiverInputError",
@@ -276,6 +314,7 @@ __all__ = [
     "build_manifest",
     "default_device",
     "default_weights",
+    "mirrored_views",
     "read_manifest",
     "save_weights",
     "sha256_of_file",
