@@ -434,6 +434,20 @@ def test_confirmation_evaluation_is_kept_beside_the_held_out_one_on_seeds_no_cho
     with pytest.raises(SystemExit):
         training.main(["liver-seg-mr-baseline", "--confirm", "--out", str(tmp_path)])
 
+    # A held-out evaluation running beside another that stores its entry meanwhile keeps that entry.
+    manifest_path = tmp_path / "liver-seg-mr-baseline-v1.json"
+    stored_meanwhile = {"seeds": [99, 99], "note": "stored by another evaluation meanwhile"}
+
+    def other_evaluation_finishes(_line: str) -> None:
+        manifest = json.loads(manifest_path.read_text())
+        manifest["metrics"]["confirmation_phantoms"] = stored_meanwhile
+        manifest_path.write_text(json.dumps(manifest))
+
+    both = training.record_evaluation("liver-seg-mr-baseline", tmp_path, 1, log=other_evaluation_finishes)
+    assert both["metrics"]["confirmation_phantoms"] == stored_meanwhile
+    assert json.loads(manifest_path.read_text())["metrics"]["confirmation_phantoms"] == stored_meanwhile
+    assert both["metrics"]["held_out_phantoms"]["seeds"] == [0, 0]
+
 
 def test_fine_tuning_starts_from_the_given_model_and_refuses_another_recipes(tmp_path):
     from inference.liver import training

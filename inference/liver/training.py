@@ -641,9 +641,9 @@ def record_evaluation(name: str, out_dir: str | Path, cases: int,
     """
     recipe = MODEL_RECIPES[name]
     manifest_path = Path(out_dir) / f"{model_version or recipe.model_version}.json"
-    manifest = lw.read_manifest(manifest_path)
-    _store_evaluation(manifest, lw.LiverSegmenter.load(manifest_path, device="cpu"), recipe, cases, log,
-                      confirmation)
+    key, summary = _evaluate(lw.LiverSegmenter.load(manifest_path, device="cpu"), recipe, cases, log, confirmation)
+    manifest = lw.read_manifest(manifest_path)  # read after the evaluation: see _evaluate
+    manifest.setdefault("metrics", {})[key] = summary
     if not confirmation:
         manifest["training"]["settings"]["evaluation_cases"] = cases
     lw.write_manifest(manifest, manifest_path)
@@ -660,21 +660,26 @@ def record_ensemble_evaluation(manifest_path: str | Path, cases: int, log: Calla
         raise ensemble.LiverEnsembleError(
             f"ensemble {manifest['model_version']}: its member {first['model_version']} was not trained by a "
             "`pacsnode train liver-seg-*` recipe, so there are no phantoms to evaluate it on")
-    _store_evaluation(manifest, ensemble.LiverEnsemble.load(manifest_path, device="cpu"), recipe, cases, log,
-                      confirmation)
+    key, summary = _evaluate(ensemble.LiverEnsemble.load(manifest_path, device="cpu"), recipe, cases, log,
+                             confirmation)
+    manifest = ensemble.read_ensemble_manifest(manifest_path)  # read after the evaluation: see _evaluate
+    manifest.setdefault("metrics", {})[key] = summary
     lw.write_manifest(manifest, Path(manifest_path))
     return manifest
 
 
-def _store_evaluation(manifest: dict[str, Any], model: ensemble.LiverModel, recipe: ModelRecipe, cases: int,
-                      log: Callable[[str], None] | None, confirmation: bool) -> None:
-    """Evaluate *model* on *cases* phantoms of *recipe* and put the summary into *manifest*'s metrics."""
+def _evaluate(model: ensemble.LiverModel, recipe: ModelRecipe, cases: int, log: Callable[[str], None] | None,
+              confirmation: bool) -> tuple[str, dict[str, Any]]:
+    """Evaluate *model* on *cases* phantoms of *recipe*: the manifest's metrics key and the summary to store there.
+
+    An evaluation takes minutes, and the held-out and confirmation ones of a model may run side by side, so
+    callers read the manifest only once it is done; read before, the one finishing last would drop the other's.
+    """
     seeds = evaluation_seeds(cases, confirmation=confirmation)
     t0 = time.perf_counter()
     report = evaluate_recipe(model, recipe, seeds, log=log)
     key = "confirmation_phantoms" if confirmation else "held_out_phantoms"
-    manifest.setdefault("metrics", {})[key] = {"seeds": [seeds[0], seeds[-1]], **report["summary"],
-                                               "seconds": round(time.perf_counter() - t0, 1)}
+    return key, {"seeds": [seeds[0], seeds[-1]], **report["summary"], "seconds": round(time.perf_counter() - t0, 1)}
 
 
 # --------------------------------------------------------------------------- model card
