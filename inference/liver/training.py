@@ -397,7 +397,7 @@ def random_crop(case: TrainingCase, settings: TrainingSettings, rng: np.random.G
     if settings.mirror:
         axes = [axis for axis in range(3) if rng.random() < 0.5]
         channels = np.flip(channels, [a + 1 for a in axes])
-        labels = np.ascontiguousarray(np.flip(labels, axes))
+        labels = np.flip(labels, axes)
     scale = 1.0 + settings.intensity_jitter * rng.uniform(-1, 1, (channels.shape[0], 1, 1, 1))
     shift = settings.intensity_jitter * rng.uniform(-1, 1, (channels.shape[0], 1, 1, 1))
     return (channels * scale + shift).astype(np.float32), labels
