@@ -107,7 +107,7 @@ def test_the_pipeline_loads_an_ensemble_and_refuses_one_of_another_modality(tmp_
 def test_pacsnode_ensemble_writes_evaluates_and_cards_the_ensemble(tmp_path):
     from click.testing import CliRunner
 
-    from inference.liver import training
+    from inference.liver import segmentation_card, training
     from node.cli import main
 
     a, b = _member(tmp_path, "a-v1", 0), _member(tmp_path, "b-v1", 1)  # of recipe liver-seg-ct
@@ -129,7 +129,7 @@ def test_pacsnode_ensemble_writes_evaluates_and_cards_the_ensemble(tmp_path):
     assert manifest["metrics"]["held_out_phantoms"] == held_out
     assert manifest["metrics"]["confirmation_phantoms"]["seeds"] == [training.CONFIRMATION_SEEDS[0]] * 2
 
-    card = (tmp_path / training.MODEL_CARD).read_text()
+    card = (tmp_path / segmentation_card.MODEL_CARD).read_text()
     assert "## Ensembles" in card
     assert "| `liver-seg-ct-ensemble-v1` | `a-v1`, `b-v1` | ct (CT) |" in card
     assert "| `liver-seg-ct-ensemble-v1` | 0–0 |" in card  # a held-out row beside the trained models'

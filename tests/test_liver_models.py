@@ -382,7 +382,7 @@ def test_committed_weights_segment_a_held_out_phantom(name, recipe):
 
 
 def test_training_is_seeded_and_writes_a_loadable_model(tmp_path):
-    from inference.liver import training
+    from inference.liver import segmentation_card, training
 
     settings = training.TrainingSettings(steps=2, pool_size=1, refresh_every=0, evaluation_cases=0,
                                          patch_size=(8, 32, 32), inference_patch_size=(16, 32, 32), batch_size=1)
@@ -399,7 +399,7 @@ def test_training_is_seeded_and_writes_a_loadable_model(tmp_path):
     segmenter = lw.LiverSegmenter.load(tmp_path / "a" / "liver-seg-mr-baseline-v1.json", device="cpu")
     assert segmenter.channels == ("portal",) and segmenter.patch_size == (16, 32, 32)
     assert segmenter.mirroring == ()
-    card = (tmp_path / "a" / training.MODEL_CARD).read_text()
+    card = (tmp_path / "a" / segmentation_card.MODEL_CARD).read_text()
     assert "Research use only" in card and "pacsnode train liver-seg-mr-baseline --seed 0 --steps 2 " in card
     # trained on mirrored crops: a different network, run on its mirrored views too, and the card says how
     mirrored = training.train_liver_model("liver-seg-mr-baseline", tmp_path / "d",
@@ -408,11 +408,11 @@ def test_training_is_seeded_and_writes_a_loadable_model(tmp_path):
     assert mirrored["weights_sha256"] != first["weights_sha256"]
     assert mirrored["inference"]["mirroring"] == [["z"], ["y"], ["x"]]
     assert lw.LiverSegmenter.load(tmp_path / "d" / "liver-seg-mr-baseline-v1.json").mirroring == ((0,), (1,), (2,))
-    assert "--mirror" in (tmp_path / "d" / training.MODEL_CARD).read_text()
+    assert "--mirror" in (tmp_path / "d" / segmentation_card.MODEL_CARD).read_text()
 
 
 def test_confirmation_evaluation_is_kept_beside_the_held_out_one_on_seeds_no_choice_saw(tmp_path):
-    from inference.liver import training
+    from inference.liver import segmentation_card, training
 
     held_out, confirmation = training.evaluation_seeds(50), training.evaluation_seeds(50, confirmation=True)
     assert not set(held_out) & set(confirmation) and held_out[0] == 0
@@ -427,8 +427,8 @@ def test_confirmation_evaluation_is_kept_beside_the_held_out_one_on_seeds_no_cho
     assert confirmed["metrics"]["held_out_phantoms"]["seeds"] == [0, 0]
     assert confirmed["metrics"]["confirmation_phantoms"]["seeds"] == [confirmation[0]] * 2
     assert confirmed["weights_sha256"] == trained["weights_sha256"]
-    training.write_model_card(tmp_path)
-    card = (tmp_path / training.MODEL_CARD).read_text()
+    segmentation_card.write_model_card(tmp_path)
+    card = (tmp_path / segmentation_card.MODEL_CARD).read_text()
     assert "## Confirmation on phantoms kept back" in card
     assert f"| `liver-seg-mr-baseline-v1` | {confirmation[0]}–{confirmation[0]} |" in card
     with pytest.raises(SystemExit):
@@ -450,7 +450,7 @@ def test_confirmation_evaluation_is_kept_beside_the_held_out_one_on_seeds_no_cho
 
 
 def test_fine_tuning_starts_from_the_given_model_and_refuses_another_recipes(tmp_path):
-    from inference.liver import training
+    from inference.liver import segmentation_card, training
 
     settings = training.TrainingSettings(steps=1, pool_size=1, refresh_every=0, evaluation_cases=0,
                                          patch_size=(8, 32, 32), inference_patch_size=(16, 32, 32), batch_size=1)
@@ -467,7 +467,7 @@ def test_fine_tuning_starts_from_the_given_model_and_refuses_another_recipes(tmp
         assert torch.equal(value, after[key]), key
     assert tuned["training"]["initial_weights"] == {"model_version": "liver-seg-mr-baseline-v1",
                                                     "weights_sha256": start.manifest["weights_sha256"]}
-    card = (tmp_path / training.MODEL_CARD).read_text()
+    card = (tmp_path / segmentation_card.MODEL_CARD).read_text()
     assert "`liver-seg-mr-baseline-v1`" in card and "`liver-seg-mr-baseline-v2`: started from" in card
     assert f"--init {tmp_path / 'liver-seg-mr-baseline-v1.json'} --version liver-seg-mr-baseline-v2" in card
     with pytest.raises(training.TrainingDataError, match="cannot start a liver-seg-mr training: its model_kind"):
@@ -475,7 +475,7 @@ def test_fine_tuning_starts_from_the_given_model_and_refuses_another_recipes(tmp
 
 
 def test_a_wider_network_is_trained_recorded_and_reproducible_and_cannot_start_from_a_narrower_one(tmp_path):
-    from inference.liver import training
+    from inference.liver import segmentation_card, training
 
     settings = training.TrainingSettings(steps=1, pool_size=1, refresh_every=0, evaluation_cases=0,
                                          patch_size=(8, 32, 32), inference_patch_size=(16, 32, 32), batch_size=1)
@@ -488,7 +488,7 @@ def test_a_wider_network_is_trained_recorded_and_reproducible_and_cannot_start_f
     assert wide["training"]["parameters"] > narrow["training"]["parameters"]
     segmenter = lw.LiverSegmenter.load(tmp_path / "liver-seg-ct-v2.json", device="cpu")
     assert segmenter.model.config.widths == (16, 24, 32, 40)
-    card = (tmp_path / training.MODEL_CARD).read_text()
+    card = (tmp_path / segmentation_card.MODEL_CARD).read_text()
     assert "--widths 16 24 32 40 --version liver-seg-ct-v2" in card
     assert "`liver-seg-ct-v2`: trained from scratch, 1 steps with widths 16-24-32-40, Adam lr 0.003" in card
     from_narrow = training.TrainingSettings(**{**wide_settings.__dict__, "model_version": "liver-seg-ct-v3",
@@ -562,7 +562,7 @@ def test_site_study_with_a_seg_is_read_onto_the_portal_grid_with_its_phases_alig
 
 def test_a_multiphase_ct_model_trains_on_registered_phases_and_reads_a_site_study_as_the_pipeline_does(tmp_path):
     from inference.liver import phantom as ph
-    from inference.liver import training
+    from inference.liver import segmentation_card, training
     from inference.liver.phantom_dicom import write_liver_ct_study
 
     recipe = training.MODEL_RECIPES["liver-seg-ct-multiphase"]
@@ -574,7 +574,7 @@ def test_a_multiphase_ct_model_trains_on_registered_phases_and_reads_a_site_stud
     segmenter = lw.LiverSegmenter.load(tmp_path / "model" / "liver-seg-ct-multiphase-v1.json", device="cpu")
     assert segmenter.channels == ("arterial", "portal") and manifest["architecture"]["in_channels"] == 2
     assert "pacsnode train liver-seg-ct-multiphase --seed 0 --steps 2 " in (
-        tmp_path / "model" / training.MODEL_CARD).read_text()
+        tmp_path / "model" / segmentation_card.MODEL_CARD).read_text()
 
     phantom = ph.simulate_liver_ct(12, n_lesions=2, phases=("arterial", "portal"), motion_mm=6.0)
     write_liver_ct_study(phantom, tmp_path / "site" / "study-a")
@@ -591,7 +591,7 @@ def test_a_multiphase_ct_model_trains_on_registered_phases_and_reads_a_site_stud
 
 
 def test_the_ct_4d_model_starts_from_the_mr_4d_model_but_not_from_another_network(tmp_path):
-    from inference.liver import training
+    from inference.liver import segmentation_card, training
 
     settings = training.TrainingSettings(steps=1, pool_size=1, refresh_every=0, evaluation_cases=0,
                                          patch_size=(8, 32, 32), inference_patch_size=(16, 32, 32), batch_size=1)
@@ -610,7 +610,7 @@ def test_the_ct_4d_model_starts_from_the_mr_4d_model_but_not_from_another_networ
     for key, value in source.model.named_parameters():
         assert torch.equal(started_parameters[key], value), key
     assert started.predict(np.zeros((2, 16, 32, 32), np.float32)).shape == (3, 16, 32, 32)
-    assert f"--init {tmp_path / 'mr' / 'liver-seg-mr-v1.json'}" in (tmp_path / "ct4d" / training.MODEL_CARD).read_text()
+    assert f"--init {tmp_path / 'mr' / 'liver-seg-mr-v1.json'}" in (tmp_path / "ct4d" / segmentation_card.MODEL_CARD).read_text()
     # A network of another kind cannot start it, nor can the MR model start a CT U-Net.
     from_unet = training.TrainingSettings(**{**transfer.__dict__, "init_from": str(tmp_path / "ct" / "liver-seg-ct-v1.json")})
     with pytest.raises(training.TrainingDataError, match="its model_kind 'unet-3d' is not 'fused-unet-4d'"):
