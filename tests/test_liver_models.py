@@ -360,6 +360,29 @@ def test_conspicuity_tells_a_lesion_the_images_show_from_one_they_do_not():
     assert summary["count_ge_10mm_conspicuous"] == 1 and summary["sensitivity_ge_10mm_conspicuous"] == 1.0
 
 
+def test_tumour_dice_ceiling_leaves_out_the_lesions_the_images_do_not_show():
+    labels = np.ones((12, 40, 40), np.uint8)
+    lesions = np.zeros(labels.shape, np.int16)
+    lesions[4:8, 5:12, 5:12] = 1  # 196 voxels, shown
+    lesions[4:6, 25:32, 25:32] = 2  # 98 voxels, not shown
+    labels[lesions > 0] = postprocess.TUMOUR
+    # outlining lesion 1 exactly and missing lesion 2: Dice 2 * 196 / (196 + 294)
+    assert ev.tumour_dice_ceiling(labels, lesions, {1: 3.0, 2: 0.4}) == pytest.approx(0.8)
+    assert ev.tumour_dice_ceiling(labels, lesions, {1: 3.0, 2: 4.0}) == 1.0
+    assert ev.tumour_dice_ceiling(labels, lesions, {1: 3.0}) == pytest.approx(0.8)  # unmeasured: not shown
+    assert ev.tumour_dice_ceiling(np.ones_like(labels), np.zeros_like(lesions), {}) is None
+    # the ceiling is the images' and the truth's, not the model's: a model that finds nothing has the same one
+    images = np.full((1, *labels.shape), 100.0, np.float32) + np.random.default_rng(1).normal(0, 5, labels.shape)
+    images[0][lesions == 1] -= 30
+    empty = postprocess.postprocess_labels(np.where(labels > 0, 1, 0).astype(np.uint8), (1, 1, 1))
+    exact = postprocess.postprocess_labels(labels, (1, 1, 1), min_volume_ml=0)
+    cases = [ev.evaluate_case(seg, labels, lesions, {1: 7.0, 2: 7.0}, (1, 1, 1), images) for seg in (empty, exact)]
+    assert [c["tumour_dice_ceiling"] for c in cases] == [pytest.approx(0.8, abs=1e-4)] * 2
+    assert [c["metrics"]["tumour"]["dice"] for c in cases] == [0.0, 1.0]  # finding a hidden lesion beats it
+    assert ev.summarise(cases)["tumour"]["dice_ceiling"] == pytest.approx(0.8, abs=1e-4)
+    assert "dice_ceiling" not in ev.summarise([ev.evaluate_case(exact, labels, lesions, {}, (1, 1, 1))])["tumour"]
+
+
 # --------------------------------------------------------------------------- committed weights
 
 

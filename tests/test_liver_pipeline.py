@@ -546,3 +546,4 @@ def test_evaluate_command_compares_the_multiphase_ct_model_with_the_portal_venou
     for entry in models.values():  # the same phantom for both: the same lesions to find
         assert entry["summary"]["lesions"]["count"] == models["portal-venous CT U-Net"]["summary"]["lesions"]["count"]
         assert entry["summary"]["liver"]["dice"] >= 0.9
+        assert 0.0 <= entry["summary"]["tumour"]["dice_ceiling"] <= 1.0

@@ -19,7 +19,12 @@ The metrics are seed 002's and LiTS's:
   :data:`CONSPICUOUS_CNR` barely differs from the liver around it in every
   image the model sees (an FNH or a filled-in haemangioma on portal-venous
   CT); the "conspicuous" sensitivity separates what the images do not show
-  from what the model misses.
+  from what the model misses. The **tumour Dice ceiling** of a case is the
+  Dice of a model that outlines every conspicuous lesion voxel for voxel and
+  nothing else (a lesion whose conspicuity could not be measured counts as not
+  conspicuous, as in the sensitivity); its case mean is the most any model
+  reading these images can score, which a case whose only lesions the images
+  do not show holds at 0.
 * per lesion kind, when the truth names them (the phantom's lesions do: cyst,
   haemangioma, FNH, …) — sensitivity over all lesions and over lesions ≥ 10 mm
   of each kind, so a model that reads hyper-enhancing lesions as vessels, say,
@@ -195,6 +200,23 @@ def lesion_contrast_to_noise(images: np.ndarray, truth_labels: np.ndarray,
     return out
 
 
+def tumour_dice_ceiling(truth_labels: np.ndarray, truth_lesion_labels: np.ndarray,
+                        contrast_to_noise: Mapping[int, float]) -> float | None:
+    """The tumour Dice of outlining exactly the conspicuous true lesions (module docstring); None without tumour.
+
+    *contrast_to_noise* is :func:`lesion_contrast_to_noise`'s result for the case.
+    """
+    tumour = np.asarray(truth_labels) == post.TUMOUR
+    total = int(np.count_nonzero(tumour))
+    if total == 0:
+        return None
+    lesions = np.asarray(truth_lesion_labels)
+    hidden = [int(i) for i in np.unique(lesions[tumour])
+              if i > 0 and contrast_to_noise.get(int(i), 0.0) < CONSPICUOUS_CNR]
+    shown = int(np.count_nonzero(tumour & ~np.isin(lesions, hidden)))
+    return 2.0 * shown / (shown + total)
+
+
 def lesion_detection(
     pred_lesion_labels: np.ndarray,
     truth_lesion_labels: np.ndarray,
@@ -270,6 +292,8 @@ def summarise(cases: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
         }
         summary[name]["dice_global"] = _global_dice(cases, name)
         summary[name]["cases_with_truth"] = len(with_truth)
+        if name == "tumour" and any("tumour_dice_ceiling" in c for c in with_truth):
+            summary[name]["dice_ceiling"] = _nanmean(c.get("tumour_dice_ceiling") for c in with_truth)
     lesions = [m for c in cases for m in c["lesions"]]
     large = [m for m in lesions if m["longest_diameter_mm"] >= LARGE_LESION_MM]
     summary["lesions"] = {
@@ -334,19 +358,25 @@ def evaluate_case(
     """One case's metrics: per-class voxel metrics, lesion matches and false positives.
 
     *input_images* (the model's input channels on the truth grid, aligned)
-    adds each lesion's conspicuity; *truth_kinds* (lesion index → kind) its kind.
+    adds each lesion's conspicuity and the case's tumour Dice ceiling;
+    *truth_kinds* (lesion index → kind) each lesion's kind.
     """
     metrics = segmentation_metrics(segmentation.labels, truth_labels, spacing)
     cnr = (None if input_images is None
            else lesion_contrast_to_noise(input_images, truth_labels, truth_lesion_labels))
     matches, false_positives = lesion_detection(segmentation.lesion_labels, truth_lesion_labels, truth_diameters_mm,
                                                 cnr, truth_kinds)
-    return {
+    case = {
         "metrics": metrics,
         "lesions": [m.__dict__ for m in matches],
         "false_positives": false_positives,
         "predicted_lesions": len(segmentation.lesions),
     }
+    if cnr is not None:
+        ceiling = tumour_dice_ceiling(truth_labels, truth_lesion_labels, cnr)
+        if ceiling is not None:
+            case["tumour_dice_ceiling"] = round(ceiling, 4)
+    return case
 
 
 def evaluate_on_phantoms(
@@ -408,4 +438,5 @@ __all__ = [
     "mask_metrics",
     "segmentation_metrics",
     "summarise",
+    "tumour_dice_ceiling",
 ]

@@ -99,6 +99,9 @@ def _target_check(version: str, h: dict[str, Any]) -> str:
     ]
     said = "; ".join(f"{label}: {_fmt(value)} — {'met' if value is not None and value >= goal else 'NOT met'}"
                      for label, value, goal in checks)
+    ceiling = h["tumour"].get("dice_ceiling")
+    if ceiling is not None:
+        said += f" (tumour Dice ceiling of these images: {_fmt(ceiling)})"
     return f"* `{version}`: {said}."
 
 
@@ -290,15 +293,27 @@ def _target_lines(manifests: Sequence[tuple[str, dict[str, Any]]]) -> list[str]:
         "    0.800 → 0.819, v7 + 4d-v4 0.818 → 0.828), it did not hold on the confirmation seeds",
         "    (v7 + 4d-v4 0.785 → 0.775, pooled 0.911 → 0.900, false positives 0.05 → 0.25 per case:",
         "    a seed under the 0.1 ml lesion minimum can grow into a lesion).",
-        "  * The ceiling on these phantoms: the two near-isodense \"other benign\" nodules of seed 16",
-        "    are the only lesions of their case and no phase shows them (contrast-to-noise under 0.7",
-        "    in all four CT phases), so that case scores 0 and caps the 18-case mean at 0.944 times",
-        "    the others' mean (v9: 0.826 over all 18 is 0.875 over the other 17). On the",
-        "    confirmation seeds seed 62 scores 0: a 7 mm metastasis and a 3 mm cyst, its only lesions",
-        "    (v9 finds seed 67's 6 mm cyst, which ensemble-v2 missed). And a lesion of 20–30 mm is",
-        "    100–300 voxels on the",
-        "    4 × 3 × 3 mm grid, more than half of them on its outline, which holds found lesions' Dice",
-        "    near 0.85–0.87.",
+        "  * The ceiling on these phantoms. The truth counts lesions that no image shows, as no",
+        "    reader's outline would: \"other benign\" nodules, which enhance as the liver does, differ",
+        "    from the liver around them by less than the noise in every phase (contrast-to-noise",
+        "    0.4–1.0 in all four CT phases for seeds 16, 20, 30 and 35, each its case's only lesions).",
+        "    The evaluation's tumour Dice ceiling (`dice_ceiling`; `pacsnode evaluate liver-seg`",
+        "    prints it) is the case-mean tumour Dice of outlining every conspicuous lesion voxel for",
+        "    voxel and nothing else, the most a model reading these images can score. For the",
+        "    two-phase CT it is 0.943 on seeds 0–19, 0.833 on seeds 20–39, 0.990 on 40–49 (0.909",
+        "    over 0–49) and 0.997 on the confirmation seeds; v9 scores 0.826, 0.653, 0.913 (0.774)",
+        "    and 0.821, that is 0.876, 0.784, 0.922 (0.852) and 0.824 of it. So on seeds 20–39 no",
+        "    model can meet the 0.85 case-mean target, and over 0–49 one would need 0.935 of the",
+        "    ceiling. What v9 loses below the ceiling is small lesions and outlines: on the",
+        "    confirmation seeds seed 62 scores 0 (a 7 mm metastasis and a 3 mm cyst, its only",
+        "    lesions: the model marks both, tumour probability 0.85 and 0.99, but in two voxels and",
+        "    one, under the 0.1 ml lesion minimum). Keeping such small components when confident",
+        "    (peak tumour probability ≥ 0.95) found 3 more of the 110 lesions of seeds 0–49 for 0.06",
+        "    more false positives per case and left the case mean at 0.774, so the minimum stays. A",
+        "    lesion of 20–30 mm is 100–300 voxels on the 4 × 3 × 3 mm grid, more than half of them on",
+        "    its outline: v9 outlines the lesions it finds to Dice 0.91 on average at 20 mm and over,",
+        "    0.80 at 10–20 mm (seeds 0–49). The pooled Dice, to which a hidden lesion costs only its",
+        "    own voxels, is 0.89–0.93 on every set.",
         "    A finer grid (the phantom is simulated on this one, so both would change) and",
         "    longer training on a GPU are the next things to try. `--init` continues from the",
         "    committed weights; `--widths` sets a wider network.",
