@@ -130,5 +130,6 @@ def format_comparison(report: dict[str, Any]) -> str:
                  f"sensitivity for lesions ≥ 10 mm ≥ {targets['sensitivity_ge_10mm']}")
     lines.append(f"conspicuous: contrast-to-noise ≥ {CONSPICUOUS_CNR:g} against the liver around the lesion in at "
                  "least one of the model's input images; tumour dice_ceiling: the case-mean tumour Dice of "
-                 "outlining exactly the conspicuous lesions, the most a model reading these images can score")
+                 "outlining exactly the conspicuous lesions, the most a model that finds only what the images show "
+                 "can score")
     return "\n".join(lines)

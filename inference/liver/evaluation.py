@@ -22,9 +22,9 @@ The metrics are seed 002's and LiTS's:
   from what the model misses. The **tumour Dice ceiling** of a case is the
   Dice of a model that outlines every conspicuous lesion voxel for voxel and
   nothing else (a lesion whose conspicuity could not be measured counts as not
-  conspicuous, as in the sensitivity); its case mean is the most any model
-  reading these images can score, which a case whose only lesions the images
-  do not show holds at 0.
+  conspicuous, as in the sensitivity); its case mean is the most a model that
+  finds only what the images show can score, and a case whose only lesions
+  the images do not show holds it at 0.
 * per lesion kind, when the truth names them (the phantom's lesions do: cyst,
   haemangioma, FNH, …) — sensitivity over all lesions and over lesions ≥ 10 mm
   of each kind, so a model that reads hyper-enhancing lesions as vessels, say,
