@@ -432,6 +432,16 @@ def test_training_is_seeded_and_writes_a_loadable_model(tmp_path):
     assert mirrored["inference"]["mirroring"] == [["z"], ["y"], ["x"]]
     assert lw.LiverSegmenter.load(tmp_path / "d" / "liver-seg-mr-baseline-v1.json").mirroring == ((0,), (1,), (2,))
     assert "--mirror" in (tmp_path / "d" / segmentation_card.MODEL_CARD).read_text()
+    # Dice per crop: with two crops a batch it trains another network than the batch Dice, and the card says how
+    pair = training.TrainingSettings(**{**settings.__dict__, "batch_size": 2})
+    pooled = training.train_liver_model("liver-seg-mr-baseline", tmp_path / "e", pair, log=lambda _: None)
+    per_crop = training.train_liver_model("liver-seg-mr-baseline", tmp_path / "f",
+                                          training.TrainingSettings(**{**pair.__dict__, "dice_per_crop": True}),
+                                          log=lambda _: None)
+    assert per_crop["weights_sha256"] != pooled["weights_sha256"]
+    assert per_crop["training"]["settings"]["dice_per_crop"] and not pooled["training"]["settings"]["dice_per_crop"]
+    assert "--dice-per-crop" in (tmp_path / "f" / segmentation_card.MODEL_CARD).read_text()
+    assert "--dice-per-crop" not in (tmp_path / "e" / segmentation_card.MODEL_CARD).read_text()
 
 
 def test_confirmation_evaluation_is_kept_beside_the_held_out_one_on_seeds_no_choice_saw(tmp_path):

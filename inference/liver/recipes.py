@@ -105,6 +105,10 @@ class TrainingSettings:
     #: reads a mirrored study as well as the study itself; the pipeline then averages its
     #: predictions over mirrored copies (test-time mirroring, see ``LiverSegmenter.predict``).
     mirror: bool = False
+    #: Dice per crop rather than over the batch: the batch Dice pools the crops' voxels, so a
+    #: crop on a 40 mm lesion outweighs one on a 6 mm lesion hundreds of times; per crop each
+    #: counts once (crops without tumour add a constant, no gradient).
+    dice_per_crop: bool = False
     #: Manifest of a model of the same recipe whose weights training starts from (fine-tuning),
     #: e.g. the committed model before a site retrains it on its own studies.
     init_from: str | None = None

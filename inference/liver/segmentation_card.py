@@ -382,6 +382,7 @@ def _fine_tuning_lines(manifests: Sequence[tuple[str, dict[str, Any]]]) -> list[
         s, start = t["settings"], t.get("initial_weights")
         crops = "lesion-balanced tumour crops (a lesion picked first, then a voxel in it), " if s.get("crop_by_lesion") else ""
         crops += "crops mirrored at random along z, y and x, " if s.get("mirror") else ""
+        crops += "Dice per crop, " if s.get("dice_per_crop") else ""
         optimiser = f"{crops}Adam lr {s['learning_rate']:g} with cosine decay."
         if start:
             lines.append(f"* `{m['model_version']}`: started from `{start['model_version']}` "
@@ -408,6 +409,8 @@ def reproduce_command(name: str, manifest: dict[str, Any]) -> str:
         words.append("--crop-by-lesion")
     if s.get("mirror"):
         words.append("--mirror")
+    if s.get("dice_per_crop"):
+        words.append("--dice-per-crop")
     if s.get("widths"):
         words.append("--widths " + " ".join(map(str, s["widths"])))
     if s.get("init_from"):

@@ -42,7 +42,8 @@ threads and deterministic algorithms make a run reproducible for a seed on the
 same CPU and torch build. ``--minutes`` stops early between steps (recorded,
 since it makes the result depend on the machine's speed). ``--crop-by-lesion``
 picks a lesion before a voxel for the tumour-centred crops, so small lesions
-are trained on as often as large ones. ``--mirror`` mirrors each crop along z,
+are trained on as often as large ones, and ``--dice-per-crop`` weighs them as
+much in the loss. ``--mirror`` mirrors each crop along z,
 y and x at random (each with probability one half); such a model is then run on
 the study and on its three mirrored copies, the probabilities averaged (the
 manifest's ``inference.mirroring``: a network that never saw a mirrored abdomen
@@ -405,7 +406,7 @@ def _train(recipe: ModelRecipe, out_dir: Path, settings: TrainingSettings, data_
     if any(p % divisor for p in (*settings.patch_size, *settings.inference_patch_size)):
         raise ValueError(f"patch sizes {settings.patch_size}, {settings.inference_patch_size} must be multiples "
                          f"of {divisor}")
-    loss_fn = DiceCELoss(to_onehot_y=True, softmax=True, batch=True, include_background=False,
+    loss_fn = DiceCELoss(to_onehot_y=True, softmax=True, batch=not settings.dice_per_crop, include_background=False,
                          weight=torch.tensor(settings.class_weights))
     optimiser = torch.optim.Adam(model.parameters(), lr=settings.learning_rate)
     scheduler = torch.optim.lr_scheduler.LambdaLR(
@@ -606,6 +607,8 @@ def main(argv: Sequence[str] | None = None, name: str | None = None) -> int:
                         help="tumour-centred crops pick a lesion first, so small lesions are seen as often as large")
     parser.add_argument("--mirror", action="store_true",
                         help="mirror each crop along z, y and x at random, for test-time mirroring")
+    parser.add_argument("--dice-per-crop", action="store_true",
+                        help="Dice loss per crop rather than over the batch, so small lesions weigh as much as large")
     parser.add_argument("--widths", type=int, nargs="+", default=None, metavar="N",
                         help="feature channels per network level (default: the recipe's, e.g. 8 16 24 32)")
     parser.add_argument("--init", default=None, metavar="MANIFEST",
@@ -637,6 +640,7 @@ def main(argv: Sequence[str] | None = None, name: str | None = None) -> int:
         seed=args.seed, steps=args.steps, minutes=args.minutes, batch_size=args.batch_size,
         pool_size=args.pool_size, evaluation_cases=args.evaluation_cases, threads=args.threads,
         learning_rate=args.learning_rate, crop_by_lesion=args.crop_by_lesion, mirror=args.mirror, init_from=args.init,
+        dice_per_crop=args.dice_per_crop,
         model_version=args.version, widths=tuple(args.widths) if args.widths else None,
     )
     try:
