@@ -431,7 +431,8 @@ def test_training_is_seeded_and_writes_a_loadable_model(tmp_path):
     assert mirrored["weights_sha256"] != first["weights_sha256"]
     assert mirrored["inference"]["mirroring"] == [["z"], ["y"], ["x"]]
     assert lw.LiverSegmenter.load(tmp_path / "d" / "liver-seg-mr-baseline-v1.json").mirroring == ((0,), (1,), (2,))
-    assert "--mirror" in (tmp_path / "d" / segmentation_card.MODEL_CARD).read_text()
+    assert "--mirror" in segmentation_card.reproduce_command("liver-seg-mr-baseline", mirrored)
+    assert "--mirror" not in segmentation_card.reproduce_command("liver-seg-mr-baseline", first)
     # Dice per crop: with two crops a batch it trains another network than the batch Dice, and the card says how
     pair = training.TrainingSettings(**{**settings.__dict__, "batch_size": 2})
     pooled = training.train_liver_model("liver-seg-mr-baseline", tmp_path / "e", pair, log=lambda _: None)
@@ -440,8 +441,9 @@ def test_training_is_seeded_and_writes_a_loadable_model(tmp_path):
                                           log=lambda _: None)
     assert per_crop["weights_sha256"] != pooled["weights_sha256"]
     assert per_crop["training"]["settings"]["dice_per_crop"] and not pooled["training"]["settings"]["dice_per_crop"]
-    assert "--dice-per-crop" in (tmp_path / "f" / segmentation_card.MODEL_CARD).read_text()
-    assert "--dice-per-crop" not in (tmp_path / "e" / segmentation_card.MODEL_CARD).read_text()
+    command = segmentation_card.reproduce_command("liver-seg-mr-baseline", per_crop)
+    assert "--dice-per-crop" in command and command in (tmp_path / "f" / segmentation_card.MODEL_CARD).read_text()
+    assert "--dice-per-crop" not in segmentation_card.reproduce_command("liver-seg-mr-baseline", pooled)
 
 
 def test_confirmation_evaluation_is_kept_beside_the_held_out_one_on_seeds_no_choice_saw(tmp_path):
