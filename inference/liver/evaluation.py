@@ -200,6 +200,11 @@ def lesion_contrast_to_noise(images: np.ndarray, truth_labels: np.ndarray,
     return out
 
 
+def _conspicuous(contrast_to_noise: float | None) -> bool:
+    """Whether a lesion of this conspicuity counts as shown; an unmeasured one (None) does not."""
+    return (contrast_to_noise or 0.0) >= CONSPICUOUS_CNR
+
+
 def tumour_dice_ceiling(truth_labels: np.ndarray, truth_lesion_labels: np.ndarray,
                         contrast_to_noise: Mapping[int, float]) -> float | None:
     """The tumour Dice of outlining exactly the conspicuous true lesions (module docstring); None without tumour.
@@ -211,8 +216,7 @@ def tumour_dice_ceiling(truth_labels: np.ndarray, truth_lesion_labels: np.ndarra
     if total == 0:
         return None
     lesions = np.asarray(truth_lesion_labels)
-    hidden = [int(i) for i in np.unique(lesions[tumour])
-              if i > 0 and contrast_to_noise.get(int(i), 0.0) < CONSPICUOUS_CNR]
+    hidden = [i for i in np.unique(lesions[tumour]).tolist() if i > 0 and not _conspicuous(contrast_to_noise.get(i))]
     shown = int(np.count_nonzero(tumour & ~np.isin(lesions, hidden)))
     return 2.0 * shown / (shown + total)
 
@@ -306,7 +310,7 @@ def summarise(cases: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
         "by_size": {name: _band(lesions, low, high) for name, low, high in SIZE_BANDS},
     }
     if any(m.get("contrast_to_noise") is not None for m in lesions):
-        shown = [m for m in large if (m.get("contrast_to_noise") or 0.0) >= CONSPICUOUS_CNR]
+        shown = [m for m in large if _conspicuous(m.get("contrast_to_noise"))]
         summary["lesions"]["count_ge_10mm_conspicuous"] = len(shown)
         summary["lesions"]["sensitivity_ge_10mm_conspicuous"] = (
             round(sum(m["detected"] for m in shown) / len(shown), 4) if shown else None)
