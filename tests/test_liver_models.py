@@ -383,6 +383,40 @@ def test_tumour_dice_ceiling_leaves_out_the_lesions_the_images_do_not_show():
     assert "dice_ceiling" not in ev.summarise([ev.evaluate_case(exact, labels, lesions, {}, (1, 1, 1))])["tumour"]
 
 
+def test_tumour_dice_on_conspicuous_lesions_sets_the_hidden_ones_aside():
+    labels = np.ones((12, 40, 40), np.uint8)
+    lesions = np.zeros(labels.shape, np.int16)
+    lesions[4:8, 5:12, 5:12] = 1  # 196 voxels, shown
+    lesions[4:6, 25:32, 25:32] = 2  # 98 voxels, not shown
+    labels[lesions > 0] = postprocess.TUMOUR
+    cnr = {1: 3.0, 2: 0.4}
+    found = np.where(lesions == 1, postprocess.TUMOUR, 1).astype(np.uint8)  # lesion 1 outlined, lesion 2 missed
+    assert ev.tumour_dice_on_conspicuous(found, labels, lesions, cnr) == 1.0
+    assert ev.tumour_dice_on_conspicuous(labels, labels, lesions, cnr) == 1.0  # marking the hidden one costs nothing
+    half = found.copy()
+    half[4:6] = np.where(lesions[4:6] == 1, 1, half[4:6])  # half of lesion 1 missed: 2 * 98 / (98 + 196)
+    assert ev.tumour_dice_on_conspicuous(half, labels, lesions, cnr) == pytest.approx(2 / 3)
+    spill = found.copy()
+    spill[0, 0:14, 0:14] = postprocess.TUMOUR  # 196 false-positive voxels outside every lesion: 2 * 196 / 588
+    assert ev.tumour_dice_on_conspicuous(spill, labels, lesions, cnr) == pytest.approx(2 / 3)
+    # against all lesions, finding only lesion 1 scores below 1; the all-hidden case has no such truth
+    assert ev.dice(found == postprocess.TUMOUR, labels == postprocess.TUMOUR) == pytest.approx(0.8)
+    assert ev.tumour_dice_on_conspicuous(found, labels, lesions, {1: 0.2, 2: 0.4}) is None
+    assert ev.tumour_dice_on_conspicuous(found, labels, lesions, {2: 9.0}) == 0.0  # unmeasured lesion 1: set aside
+
+    images = np.full((1, *labels.shape), 100.0, np.float32) + np.random.default_rng(2).normal(0, 5, labels.shape)
+    images[0][lesions == 1] -= 30
+    hidden_only = np.where(lesions == 2, 2, np.where(labels > 0, 1, 0)).astype(np.uint8)
+    seg_found = postprocess.postprocess_labels(found, (1, 1, 1), min_volume_ml=0)
+    cases = [ev.evaluate_case(seg_found, labels, lesions, {1: 7.0, 2: 7.0}, (1, 1, 1), images),
+             ev.evaluate_case(seg_found, hidden_only, np.where(lesions == 2, 1, 0).astype(np.int16), {1: 7.0},
+                              (1, 1, 1), images)]
+    assert cases[0]["tumour_dice_conspicuous"] == 1.0 and cases[1]["tumour_dice_conspicuous"] is None
+    tumour = ev.summarise(cases)["tumour"]
+    assert tumour["dice_conspicuous"] == 1.0 and tumour["cases_with_conspicuous_truth"] == 1
+    assert tumour["dice"] == pytest.approx((0.8 + 0.0) / 2, abs=1e-4)  # the all-lesions case mean is unchanged
+
+
 # --------------------------------------------------------------------------- committed weights
 
 

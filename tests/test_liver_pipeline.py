@@ -534,6 +534,7 @@ def test_evaluate_command_compares_the_multiphase_ct_model_with_the_portal_venou
 
     from click.testing import CliRunner
 
+    from inference.liver.comparison import format_comparison
     from node.cli import main
 
     result = CliRunner().invoke(main, ["evaluate", "liver-seg", "--modality", "ct", "--cases", "1", "--seed", "18",
@@ -547,3 +548,6 @@ def test_evaluate_command_compares_the_multiphase_ct_model_with_the_portal_venou
         assert entry["summary"]["lesions"]["count"] == models["portal-venous CT U-Net"]["summary"]["lesions"]["count"]
         assert entry["summary"]["liver"]["dice"] >= 0.9
         assert 0.0 <= entry["summary"]["tumour"]["dice_ceiling"] <= 1.0
+        shown = entry["summary"]["tumour"]["dice_conspicuous"]
+        assert shown is None or 0.0 <= shown <= 1.0
+    assert "tumour dice_conspicuous" in format_comparison(report)

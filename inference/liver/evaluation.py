@@ -24,7 +24,12 @@ The metrics are seed 002's and LiTS's:
   nothing else (a lesion whose conspicuity could not be measured counts as not
   conspicuous, as in the sensitivity); its case mean is the most a model that
   finds only what the images show can score, and a case whose only lesions
-  the images do not show holds it at 0.
+  the images do not show holds it at 0. The **tumour Dice on conspicuous
+  lesions** scores the model against that same truth: the voxels of the
+  lesions the images do not show are set aside (neither found nor missed,
+  whatever the model marks there), as a reader-drawn truth, which holds only
+  what the reader saw, would leave them; a case whose lesions are all hidden
+  has no such truth and is left out of its case mean.
 * per lesion kind, when the truth names them (the phantom's lesions do: cyst,
   haemangioma, FNH, …) — sensitivity over all lesions and over lesions ≥ 10 mm
   of each kind, so a model that reads hyper-enhancing lesions as vessels, say,
@@ -63,7 +68,7 @@ SIZE_BANDS: tuple[tuple[str, float, float], ...] = (
 #: A predicted component detects a true lesion above this Dice (or with its centre inside).
 DETECTION_DICE = 0.1
 #: Held-out evaluation seeds: 0 … 99 (training uses seeds from 1000 on).
-EVALUATION_SEEDS = range(0, 100)
+EVALUATION_SEEDS = range(100)
 
 
 # --------------------------------------------------------------------------- voxel metrics
@@ -216,9 +221,27 @@ def tumour_dice_ceiling(truth_labels: np.ndarray, truth_lesion_labels: np.ndarra
     if total == 0:
         return None
     lesions = np.asarray(truth_lesion_labels)
-    hidden = [i for i in np.unique(lesions[tumour]).tolist() if i > 0 and not _conspicuous(contrast_to_noise.get(i))]
-    shown = int(np.count_nonzero(tumour & ~np.isin(lesions, hidden)))
+    shown = int(np.count_nonzero(tumour & ~np.isin(lesions, _hidden_lesions(tumour, lesions, contrast_to_noise))))
     return 2.0 * shown / (shown + total)
+
+
+def tumour_dice_on_conspicuous(pred_labels: np.ndarray, truth_labels: np.ndarray, truth_lesion_labels: np.ndarray,
+                               contrast_to_noise: Mapping[int, float]) -> float | None:
+    """The tumour Dice with the voxels of the hidden true lesions set aside (module docstring).
+
+    None when the truth has no conspicuous lesion.
+    """
+    truth = np.asarray(truth_labels) == post.TUMOUR
+    lesions = np.asarray(truth_lesion_labels)
+    scored = ~np.isin(lesions, _hidden_lesions(truth, lesions, contrast_to_noise))
+    if not (truth & scored).any():
+        return None
+    return dice((np.asarray(pred_labels) == post.TUMOUR) & scored, truth & scored)
+
+
+def _hidden_lesions(tumour: np.ndarray, lesions: np.ndarray, contrast_to_noise: Mapping[int, float]) -> list[int]:
+    """The indices of the true lesions (inside *tumour*) that do not count as conspicuous."""
+    return [i for i in np.unique(lesions[tumour]).tolist() if i > 0 and not _conspicuous(contrast_to_noise.get(i))]
 
 
 def lesion_detection(
@@ -298,6 +321,9 @@ def summarise(cases: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
         summary[name]["cases_with_truth"] = len(with_truth)
         if name == "tumour" and any("tumour_dice_ceiling" in c for c in with_truth):
             summary[name]["dice_ceiling"] = _nanmean(c.get("tumour_dice_ceiling") for c in with_truth)
+            shown = [c["tumour_dice_conspicuous"] for c in with_truth if c.get("tumour_dice_conspicuous") is not None]
+            summary[name]["dice_conspicuous"] = _nanmean(shown)
+            summary[name]["cases_with_conspicuous_truth"] = len(shown)
     lesions = [m for c in cases for m in c["lesions"]]
     large = [m for m in lesions if m["longest_diameter_mm"] >= LARGE_LESION_MM]
     summary["lesions"] = {
@@ -362,7 +388,8 @@ def evaluate_case(
     """One case's metrics: per-class voxel metrics, lesion matches and false positives.
 
     *input_images* (the model's input channels on the truth grid, aligned)
-    adds each lesion's conspicuity and the case's tumour Dice ceiling;
+    adds each lesion's conspicuity, the case's tumour Dice ceiling and its
+    tumour Dice on the conspicuous lesions;
     *truth_kinds* (lesion index → kind) each lesion's kind.
     """
     metrics = segmentation_metrics(segmentation.labels, truth_labels, spacing)
@@ -380,6 +407,8 @@ def evaluate_case(
         ceiling = tumour_dice_ceiling(truth_labels, truth_lesion_labels, cnr)
         if ceiling is not None:
             case["tumour_dice_ceiling"] = round(ceiling, 4)
+            shown = tumour_dice_on_conspicuous(segmentation.labels, truth_labels, truth_lesion_labels, cnr)
+            case["tumour_dice_conspicuous"] = None if shown is None else round(shown, 4)
     return case
 
 
@@ -429,8 +458,8 @@ __all__ = [
     "DETECTION_DICE",
     "EVALUATION_SEEDS",
     "LARGE_LESION_MM",
-    "LesionMatch",
     "SIZE_BANDS",
+    "LesionMatch",
     "class_masks",
     "dice",
     "evaluate_case",
@@ -443,4 +472,5 @@ __all__ = [
     "segmentation_metrics",
     "summarise",
     "tumour_dice_ceiling",
+    "tumour_dice_on_conspicuous",
 ]

@@ -101,7 +101,9 @@ def _target_check(version: str, h: dict[str, Any]) -> str:
                      for label, value, goal in checks)
     ceiling = h["tumour"].get("dice_ceiling")
     if ceiling is not None:
-        said += f" (tumour Dice ceiling of these images: {_fmt(ceiling)})"
+        said += f" (tumour Dice ceiling of these images: {_fmt(ceiling)}"
+        shown = h["tumour"].get("dice_conspicuous")
+        said += f"; tumour Dice on the conspicuous lesions: {_fmt(shown)})" if shown is not None else ")"
     return f"* `{version}`: {said}."
 
 
