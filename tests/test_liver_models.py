@@ -500,6 +500,11 @@ def test_confirmation_evaluation_is_kept_beside_the_held_out_one_on_seeds_no_cho
     card = (tmp_path / segmentation_card.MODEL_CARD).read_text()
     assert "## Confirmation on phantoms kept back" in card
     assert f"| `liver-seg-mr-baseline-v1` | {confirmation[0]}–{confirmation[0]} |" in card
+    tumour = confirmed["metrics"]["held_out_phantoms"]["tumour"]
+    target_line = next(line for line in card.splitlines() if line.startswith("* `liver-seg-mr-baseline-v1`: liver"))
+    assert f"tumour Dice ceiling of these images: {tumour['dice_ceiling']:.3f}" in target_line
+    shown = tumour["dice_conspicuous"]
+    assert (f"on the conspicuous lesions: {shown:.3f})" in target_line) == (shown is not None)
     with pytest.raises(SystemExit):
         training.main(["liver-seg-mr-baseline", "--confirm", "--out", str(tmp_path)])
 
