@@ -360,12 +360,18 @@ def test_conspicuity_tells_a_lesion_the_images_show_from_one_they_do_not():
     assert summary["count_ge_10mm_conspicuous"] == 1 and summary["sensitivity_ge_10mm_conspicuous"] == 1.0
 
 
-def test_tumour_dice_ceiling_leaves_out_the_lesions_the_images_do_not_show():
+def _one_shown_one_hidden_lesion() -> tuple[np.ndarray, np.ndarray]:
+    """Truth labels and lesion labels of a liver with lesion 1 (196 voxels) and lesion 2 (98 voxels)."""
     labels = np.ones((12, 40, 40), np.uint8)
     lesions = np.zeros(labels.shape, np.int16)
     lesions[4:8, 5:12, 5:12] = 1  # 196 voxels, shown
     lesions[4:6, 25:32, 25:32] = 2  # 98 voxels, not shown
     labels[lesions > 0] = postprocess.TUMOUR
+    return labels, lesions
+
+
+def test_tumour_dice_ceiling_leaves_out_the_lesions_the_images_do_not_show():
+    labels, lesions = _one_shown_one_hidden_lesion()
     # outlining lesion 1 exactly and missing lesion 2: Dice 2 * 196 / (196 + 294)
     assert ev.tumour_dice_ceiling(labels, lesions, {1: 3.0, 2: 0.4}) == pytest.approx(0.8)
     assert ev.tumour_dice_ceiling(labels, lesions, {1: 3.0, 2: 4.0}) == 1.0
@@ -384,11 +390,7 @@ def test_tumour_dice_ceiling_leaves_out_the_lesions_the_images_do_not_show():
 
 
 def test_tumour_dice_on_conspicuous_lesions_sets_the_hidden_ones_aside():
-    labels = np.ones((12, 40, 40), np.uint8)
-    lesions = np.zeros(labels.shape, np.int16)
-    lesions[4:8, 5:12, 5:12] = 1  # 196 voxels, shown
-    lesions[4:6, 25:32, 25:32] = 2  # 98 voxels, not shown
-    labels[lesions > 0] = postprocess.TUMOUR
+    labels, lesions = _one_shown_one_hidden_lesion()
     cnr = {1: 3.0, 2: 0.4}
     found = np.where(lesions == 1, postprocess.TUMOUR, 1).astype(np.uint8)  # lesion 1 outlined, lesion 2 missed
     assert ev.tumour_dice_on_conspicuous(found, labels, lesions, cnr) == 1.0
