@@ -99,11 +99,11 @@ def _target_check(version: str, h: dict[str, Any]) -> str:
     ]
     said = "; ".join(f"{label}: {_fmt(value)} — {'met' if value is not None and value >= goal else 'NOT met'}"
                      for label, value, goal in checks)
-    ceiling = h["tumour"].get("dice_ceiling")
-    if ceiling is not None:
-        said += f" (tumour Dice ceiling of these images: {_fmt(ceiling)}"
-        shown = h["tumour"].get("dice_conspicuous")
-        said += f"; tumour Dice on the conspicuous lesions: {_fmt(shown)})" if shown is not None else ")"
+    asides = [f"{label}: {_fmt(h['tumour'][key])}" for label, key in (
+        ("tumour Dice ceiling of these images", "dice_ceiling"),
+        ("tumour Dice on the conspicuous lesions", "dice_conspicuous")) if h["tumour"].get(key) is not None]
+    if asides:
+        said += f" ({'; '.join(asides)})"
     return f"* `{version}`: {said}."
 
 
