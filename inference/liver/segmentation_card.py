@@ -346,7 +346,22 @@ def _target_lines(manifests: Sequence[tuple[str, dict[str, Any]]]) -> list[str]:
         "    0–19 against v7's 0.870 / 0.918 / 0.976, and 0.778 against 0.823 on seeds 20–49. Nor",
         "    was v7 + v8 as an ensemble: 0.830 over seeds 0–49 against v7's 0.841 (0.872, 0.736 and",
         "    0.932 on 0–19, 20–39 and 40–49; 0.851 with the hidden lesions set aside against 0.864;",
-        "    pooled 0.937 against 0.930), at five network passes instead of one.",
+        "    pooled 0.937 against 0.930), at five network passes instead of one. Nor was a plain",
+        "    round on new phantoms, as v6 → v7 had been (`--seed 4`, 10000 steps from v7, lr 0.001,",
+        "    stopped by `--minutes 60` after 8540, 2 threads, v9): 0.842 / pooled 0.915 / 0.952 on",
+        "    seeds 0–19 and 0.779 / pooled 0.944 on 20–49, against v7's 0.870 / 0.918 / 0.976 and",
+        "    0.823. Like v8 it loses small lesions that are their case's only one (seeds 20 and 25:",
+        "    8 and 3 mm, which v7 outlines at Dice 0.42 and 0.80; neither finds seed 35's 7 mm",
+        "    nodule), and a handful of such cases decide the case mean over 0–49 more than the",
+        "    outlines of all the others do.",
+        "  * Tried and not kept: a tumour decision threshold in place of the argmax (tumour where",
+        "    the tumour probability reaches τ inside the voxels more likely liver or tumour than",
+        "    background; cached probabilities, 2026-12-06). `liver-seg-mr-v7` on seeds 0–19 scores",
+        "    0.868–0.871 for τ from 0.1 to 0.5 against 0.870 (its probabilities are near 0 or 1),",
+        "    and 0.840 over 0–49 at τ 0.3 against 0.841;",
+        "    `liver-seg-ct-multiphase-v9` on seeds 0–49 scores 0.764–0.769 for τ from 0.3 to 0.45",
+        "    against 0.757, most of it one case (seed 25's 3 mm cyst, 0 → 0.5), for more false",
+        "    positives (0.22–0.32 per case against 0.20).",
     ]
     return lines
 
