@@ -444,7 +444,8 @@ def test_training_is_seeded_and_writes_a_loadable_model(tmp_path):
     from inference.liver import segmentation_card, training
 
     settings = training.TrainingSettings(steps=2, pool_size=1, refresh_every=0, evaluation_cases=0,
-                                         patch_size=(8, 32, 32), inference_patch_size=(16, 32, 32), batch_size=1)
+                                         patch_size=(8, 32, 32), inference_patch_size=(16, 32, 32), batch_size=1,
+                                         device="cpu")
     first = training.train_liver_model("liver-seg-mr-baseline", tmp_path / "a", settings, log=lambda _: None)
     again = training.train_liver_model("liver-seg-mr-baseline", tmp_path / "b", settings, log=lambda _: None)
     other = training.train_liver_model("liver-seg-mr-baseline", tmp_path / "c",
@@ -460,6 +461,10 @@ def test_training_is_seeded_and_writes_a_loadable_model(tmp_path):
     assert segmenter.mirroring == ()
     card = (tmp_path / "a" / segmentation_card.MODEL_CARD).read_text()
     assert "Research use only" in card and "pacsnode train liver-seg-mr-baseline --seed 0 --steps 2 " in card
+    # the device is recorded, and the card's command pins it: only a CPU run is bit-reproducible
+    assert first["training"]["device"] == "cpu" and first["training"]["bit_reproducible"]
+    assert first["training"]["settings"]["device"] == "cpu"
+    assert "--device cpu --out" in segmentation_card.reproduce_command("liver-seg-mr-baseline", first)
     # trained on mirrored crops: a different network, run on its mirrored views too, and the card says how
     mirrored = training.train_liver_model("liver-seg-mr-baseline", tmp_path / "d",
                                           training.TrainingSettings(**{**settings.__dict__, "mirror": True}),
@@ -480,6 +485,41 @@ def test_training_is_seeded_and_writes_a_loadable_model(tmp_path):
     command = segmentation_card.reproduce_command("liver-seg-mr-baseline", per_crop)
     assert "--dice-per-crop" in command and command in (tmp_path / "f" / segmentation_card.MODEL_CARD).read_text()
     assert "--dice-per-crop" not in segmentation_card.reproduce_command("liver-seg-mr-baseline", pooled)
+
+
+def test_training_device_is_cuda_when_torch_sees_a_gpu_and_a_missing_one_is_refused_with_the_way_out(capsys):
+    from inference.liver import training
+    from inference.model_files import default_device
+
+    assert training.training_device("auto") == default_device()
+    assert training.training_device("cpu") == torch.device("cpu")
+    with pytest.raises(training.TrainingDeviceError, match="not one of auto, cpu, cuda"):
+        training.training_device("tpu")
+    if torch.cuda.is_available():
+        assert training.training_device("cuda").type == "cuda"
+        return
+    with pytest.raises(training.TrainingDeviceError, match="sees no CUDA GPU; train with --device cpu"):
+        training.training_device("cuda")
+    # the command line refuses before simulating or training anything
+    with pytest.raises(SystemExit) as exit_info:
+        training.main(["--device", "cuda", "--steps", "1", "--evaluation-cases", "0"], name="liver-seg-ct")
+    assert exit_info.value.code == 2 and "sees no CUDA GPU" in capsys.readouterr().err
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
+def test_a_model_trained_on_cuda_says_so_and_runs_on_the_cpu(tmp_path):
+    from inference.liver import segmentation_card, training
+
+    settings = training.TrainingSettings(steps=2, pool_size=1, refresh_every=0, evaluation_cases=1,
+                                         patch_size=(8, 32, 32), inference_patch_size=(16, 32, 32), batch_size=1,
+                                         device="cuda")
+    manifest = training.train_liver_model("liver-seg-ct", tmp_path, settings, log=lambda _: None)
+    assert manifest["training"]["device"].startswith("cuda (") and not manifest["training"]["bit_reproducible"]
+    assert manifest["metrics"]["held_out_phantoms"]["cases"] == 1
+    assert "--device cuda --out" in segmentation_card.reproduce_command("liver-seg-ct", manifest)
+    segmenter = lw.LiverSegmenter.load(tmp_path / "liver-seg-ct-v1.json", device="cpu")
+    probabilities = segmenter.predict(np.zeros((1, 16, 32, 32), np.float32))
+    assert probabilities.shape == (3, 16, 32, 32) and np.allclose(probabilities.sum(axis=0), 1.0, atol=1e-4)
 
 
 def test_confirmation_evaluation_is_kept_beside_the_held_out_one_on_seeds_no_choice_saw(tmp_path):
@@ -554,7 +594,8 @@ def test_a_wider_network_is_trained_recorded_and_reproducible_and_cannot_start_f
     from inference.liver import segmentation_card, training
 
     settings = training.TrainingSettings(steps=1, pool_size=1, refresh_every=0, evaluation_cases=0,
-                                         patch_size=(8, 32, 32), inference_patch_size=(16, 32, 32), batch_size=1)
+                                         patch_size=(8, 32, 32), inference_patch_size=(16, 32, 32), batch_size=1,
+                                         device="cpu")
     narrow = training.train_liver_model("liver-seg-ct", tmp_path, settings, log=lambda _: None)
     wide_settings = training.TrainingSettings(**{**settings.__dict__, "widths": (16, 24, 32, 40),
                                                  "model_version": "liver-seg-ct-v2"})

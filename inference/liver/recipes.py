@@ -116,6 +116,10 @@ class TrainingSettings:
     model_version: str | None = None
     evaluation_cases: int = 10
     threads: int = 1
+    #: Where the network trains and is evaluated: "auto" (CUDA when torch sees a GPU, the CPU
+    #: otherwise), "cpu" or "cuda". A written manifest holds the one used. Only a CPU run is
+    #: bit-reproducible: trilinear upsampling's backward pass has no deterministic CUDA kernel.
+    device: str = "auto"
     #: Feature channels per U-Net level; the recipe's when None. Wider networks learn more from
     #: the same phantoms at a higher training and inference cost (see the benchmark).
     widths: tuple[int, ...] | None = None

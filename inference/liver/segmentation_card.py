@@ -460,6 +460,7 @@ def reproduce_command(name: str, manifest: dict[str, Any]) -> str:
         words.append(f"--init {s['init_from']}")
     if s.get("model_version"):
         words.append(f"--version {s['model_version']}")
+    words.append(f"--device {s.get('device', 'cpu')}")  # manifests from before --device were all trained on the CPU
     return " ".join([*words, "--out inference/liver/weights"])
 
 
@@ -580,15 +581,16 @@ def model_card(manifests: Sequence[tuple[str, dict[str, Any]]],
              f"{int(100 * s['liver_crop_fraction'])} % on liver, the rest anywhere), per-channel"),
             (f"intensity jitter ±{s['intensity_jitter']}, batch {s['batch_size']}, Dice (liver, tumour) + cross-entropy "
              f"(class weights {s.get('class_weights')}), Adam lr {s['learning_rate']} with cosine decay."),
-            f"Seeded (`torch.manual_seed`, one numpy Generator), deterministic algorithms, {s['threads']} CPU thread(s).",
+            (f"Seeded (`torch.manual_seed`, one numpy Generator), deterministic algorithms, {s['threads']} CPU "
+             "thread(s); a model trained on CUDA (the device column below) is seeded but not bit-reproducible."),
             *_fine_tuning_lines(manifests),
             "",
             "",
             "Wall time on the build machine (2 CPU cores shared with other jobs, so slower than an idle",
-            "machine; the MR models were trained side by side):",
+            "machine; the MR models were trained side by side) or, where the device is cuda, on a GPU:",
             "",
-            "| model | steps | phantom seeds | simulation s | training s | evaluation s | wall min | final loss |",
-            "|---|---|---|---|---|---|---|---|",
+            "| model | device | steps | phantom seeds | simulation s | training s | evaluation s | wall min | final loss |",
+            "|---|---|---|---|---|---|---|---|---|",
         ]
         for name, m in manifests:
             t = m["training"]
@@ -596,7 +598,7 @@ def model_card(manifests: Sequence[tuple[str, dict[str, Any]]],
             evaluation_s = m.get("metrics", {}).get("held_out_phantoms", {}).get("seconds", 0.0)
             wall = (t["simulation_seconds"] + t["training_seconds"] + evaluation_s) / 60
             seeds = t.get("phantom_seeds")
-            lines.append(f"| `{m['model_version']}` | {t['steps_run']} of {t['settings']['steps']} | "
+            lines.append(f"| `{m['model_version']}` | {t.get('device', 'cpu')} | {t['steps_run']} of {t['settings']['steps']} | "
                          f"{f'{seeds[0]}–{seeds[1]}' if seeds else 'none'} | {t['simulation_seconds']} | {t['training_seconds']} | {evaluation_s} | {wall:.1f} | "
                          f"{_fmt(final, 4)} |")
     lines += [

@@ -39,7 +39,10 @@ liver voxel; per-channel random intensity scale and shift; Dice + cross-entropy
 loss (MONAI ``DiceCELoss``, batch Dice); Adam with a cosine learning-rate decay
 over the planned steps. ``torch.manual_seed``, one ``numpy`` Generator, fixed
 threads and deterministic algorithms make a run reproducible for a seed on the
-same CPU and torch build. ``--minutes`` stops early between steps (recorded,
+same CPU and torch build. Training runs on CUDA when torch sees a GPU
+(``--device``; the manifest records which), the way to the longer rounds and
+finer grids the CPU cannot afford; such a run is seeded but not bit-reproducible,
+since trilinear upsampling's backward pass has no deterministic CUDA kernel. ``--minutes`` stops early between steps (recorded,
 since it makes the result depend on the machine's speed). ``--crop-by-lesion``
 picks a lesion before a voxel for the tumour-centred crops, so small lesions
 are trained on as often as large ones, and ``--dice-per-crop`` weighs them as
@@ -72,7 +75,7 @@ import logging
 import math
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -95,12 +98,40 @@ from inference.liver.recipes import (
     TrainingSettings,
 )
 from inference.liver.segmentation_card import write_model_card
+from inference.model_files import default_device
 
 logger = logging.getLogger("pacsnode.inference.liver")
 
 
 class TrainingDataError(ValueError):
     """A site's labelled study cannot be used for training; the message says why."""
+
+
+class TrainingDeviceError(ValueError):
+    """The requested training device cannot be used on this machine; the message says what to do."""
+
+
+#: The values of ``--device``: "auto" is CUDA when torch sees a GPU, the CPU otherwise.
+TRAINING_DEVICES = ("auto", "cpu", "cuda")
+
+
+def training_device(requested: str) -> torch.device:
+    """The torch device for *requested* (one of :data:`TRAINING_DEVICES`), refusing a CUDA that torch cannot see."""
+    if requested not in TRAINING_DEVICES:
+        raise TrainingDeviceError(f"device {requested!r} is not one of {', '.join(TRAINING_DEVICES)}")
+    if requested == "auto":
+        return default_device()
+    if requested == "cuda" and not torch.cuda.is_available():
+        build = "a CPU-only build" if torch.version.cuda is None else f"built for CUDA {torch.version.cuda}"
+        raise TrainingDeviceError(
+            f"device cuda: torch {torch.__version__} ({build}) sees no CUDA GPU; train with --device cpu, or on a "
+            "machine with an NVIDIA GPU and a CUDA build of torch (docker/Dockerfile.cuda installs one)")
+    return torch.device(requested)
+
+
+def device_description(device: torch.device) -> str:
+    """*device* as the manifest records it: ``cpu``, or ``cuda`` with the GPU's name."""
+    return f"cuda ({torch.cuda.get_device_name(device)})" if device.type == "cuda" else device.type
 
 
 
@@ -354,13 +385,15 @@ def train_liver_model(
     """Train model *name* (a key of :data:`MODEL_RECIPES`), evaluate it on held-out phantoms, write it.
 
     Returns the manifest. Deterministic for a seed, thread count and torch build
-    unless ``settings.minutes`` stops it early.
+    on the CPU, unless ``settings.minutes`` stops it early; seeded but not
+    bit-reproducible on CUDA (``settings.device``).
     """
     try:
         recipe = MODEL_RECIPES[name]
     except KeyError:
         raise ValueError(f"unknown liver model {name!r} (known: {', '.join(MODEL_RECIPES)})") from None
     settings = settings or TrainingSettings()
+    settings = replace(settings, device=training_device(settings.device).type)
     if settings.evaluation_cases:
         evaluation_seeds(settings.evaluation_cases)  # refuse a count it cannot evaluate before training, not after
     out_dir = Path(out_dir)
@@ -369,7 +402,7 @@ def train_liver_model(
         torch.set_num_threads(settings.threads)
     torch.manual_seed(settings.seed)
     deterministic_before = torch.are_deterministic_algorithms_enabled()
-    torch.use_deterministic_algorithms(True)
+    torch.use_deterministic_algorithms(settings.device == "cpu")
     try:
         return _train(recipe, out_dir, settings, data_dir, phantoms, log)
     finally:
@@ -396,18 +429,21 @@ def _train(recipe: ModelRecipe, out_dir: Path, settings: TrainingSettings, data_
     simulate_s = time.perf_counter() - started
     log(f"{recipe.name}: {len(cases)} phantoms and {len(site)} site studies prepared in {simulate_s:.0f} s")
 
+    device = torch.device(settings.device)
     model = build_model(recipe.model_kind, architecture)
     initial = None
     if start is not None:
         model.load_state_dict(start.model.state_dict())
         initial = {"model_version": start.version, "weights_sha256": start.manifest["weights_sha256"]}
         log(f"{recipe.name}: starting from {initial['model_version']} (sha256 {initial['weights_sha256'][:12]}…)")
+    model.to(device)
+    log(f"{recipe.name}: training on {device_description(device)}")
     divisor = int(getattr(model, "size_divisor", 1))
     if any(p % divisor for p in (*settings.patch_size, *settings.inference_patch_size)):
         raise ValueError(f"patch sizes {settings.patch_size}, {settings.inference_patch_size} must be multiples "
                          f"of {divisor}")
     loss_fn = DiceCELoss(to_onehot_y=True, softmax=True, batch=not settings.dice_per_crop, include_background=False,
-                         weight=torch.tensor(settings.class_weights))
+                         weight=torch.tensor(settings.class_weights)).to(device)
     optimiser = torch.optim.Adam(model.parameters(), lr=settings.learning_rate)
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimiser, lambda step: 0.5 * (1 + math.cos(math.pi * min(step, settings.steps) / settings.steps))
@@ -430,7 +466,7 @@ def _train(recipe: ModelRecipe, out_dir: Path, settings: TrainingSettings, data_
             simulate_during_s += time.perf_counter() - t0
         x, y = make_batch(cases + site, settings, rng)
         optimiser.zero_grad(set_to_none=True)
-        loss = loss_fn(model(x), y)
+        loss = loss_fn(model(x.to(device)), y.to(device))
         loss.backward()
         optimiser.step()
         scheduler.step()
@@ -461,6 +497,8 @@ def _train(recipe: ModelRecipe, out_dir: Path, settings: TrainingSettings, data_
         "optimiser": f"Adam, lr {settings.learning_rate} with cosine decay over {settings.steps} steps",
         "parameters": count_parameters(model),
         "torch": torch.__version__,
+        "device": device_description(device),
+        "bit_reproducible": device.type == "cpu",
         "simulation_seconds": round(simulate_s + simulate_during_s, 1),
         "training_seconds": round(train_s - simulate_during_s, 1),
         "history": history,
@@ -483,7 +521,7 @@ def _train(recipe: ModelRecipe, out_dir: Path, settings: TrainingSettings, data_
     lw.write_manifest(manifest, manifest_path)
     if settings.evaluation_cases > 0 and phantoms:
         manifest = record_evaluation(recipe.name, out_dir, settings.evaluation_cases, log=log,
-                                     model_version=model_version)
+                                     model_version=model_version, device=settings.device)
     write_model_card(out_dir)
     log(f"{recipe.name}: wrote {manifest_path} (sha256 {sha[:12]}…)")
     return manifest
@@ -534,15 +572,17 @@ def evaluation_seeds(cases: int, *, confirmation: bool = False) -> list[int]:
 
 def record_evaluation(name: str, out_dir: str | Path, cases: int,
                       log: Callable[[str], None] | None = print,
-                      model_version: str | None = None, *, confirmation: bool = False) -> dict[str, Any]:
-    """Evaluate the written model *name* on *cases* phantoms (:func:`evaluation_seeds`); store the summary in its manifest.
+                      model_version: str | None = None, *, confirmation: bool = False,
+                      device: str = "cpu") -> dict[str, Any]:
+    """Evaluate the written model *name* on *cases* phantoms (:func:`evaluation_seeds`) on *device*; store the
+    summary in its manifest.
 
     Held-out results go to ``metrics.held_out_phantoms``, confirmation results to
     ``metrics.confirmation_phantoms``; only that entry changes (the weights and their sha256 do not).
     """
     recipe = MODEL_RECIPES[name]
     manifest_path = Path(out_dir) / f"{model_version or recipe.model_version}.json"
-    key, summary = _evaluate(lw.LiverSegmenter.load(manifest_path, device="cpu"), recipe, cases, log, confirmation)
+    key, summary = _evaluate(lw.LiverSegmenter.load(manifest_path, device=device), recipe, cases, log, confirmation)
     manifest = lw.read_manifest(manifest_path)  # read after the evaluation: see _evaluate
     manifest.setdefault("metrics", {})[key] = summary
     if not confirmation:
@@ -602,6 +642,9 @@ def main(argv: Sequence[str] | None = None, name: str | None = None) -> int:
                         help="held-out phantoms (seeds 0…) to evaluate on afterwards (with --confirm: "
                              "confirmation phantoms)")
     parser.add_argument("--threads", type=int, default=defaults.threads)
+    parser.add_argument("--device", choices=TRAINING_DEVICES, default=defaults.device,
+                        help="where to train and evaluate: auto (CUDA when torch sees a GPU, else the CPU), cpu "
+                             "(bit-reproducible) or cuda (default: %(default)s)")
     parser.add_argument("--learning-rate", type=float, default=defaults.learning_rate)
     parser.add_argument("--crop-by-lesion", action="store_true",
                         help="tumour-centred crops pick a lesion first, so small lesions are seen as often as large")
@@ -631,7 +674,7 @@ def main(argv: Sequence[str] | None = None, name: str | None = None) -> int:
         torch.set_num_threads(args.threads)
         try:
             record_evaluation(name or args.name, args.out, args.evaluation_cases, model_version=args.version,
-                              confirmation=args.confirm)
+                              confirmation=args.confirm, device=training_device(args.device).type)
         except (ValueError, lw.LiverModelError) as exc:
             parser.exit(2, f"{parser.prog}: {exc}\n")
         write_model_card(Path(args.out))
@@ -640,7 +683,7 @@ def main(argv: Sequence[str] | None = None, name: str | None = None) -> int:
         seed=args.seed, steps=args.steps, minutes=args.minutes, batch_size=args.batch_size,
         pool_size=args.pool_size, evaluation_cases=args.evaluation_cases, threads=args.threads,
         learning_rate=args.learning_rate, crop_by_lesion=args.crop_by_lesion, mirror=args.mirror, init_from=args.init,
-        dice_per_crop=args.dice_per_crop,
+        dice_per_crop=args.dice_per_crop, device=args.device,
         model_version=args.version, widths=tuple(args.widths) if args.widths else None,
     )
     try:
