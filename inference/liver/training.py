@@ -41,10 +41,10 @@ over the planned steps. ``torch.manual_seed``, one ``numpy`` Generator, fixed
 threads and deterministic algorithms make a run reproducible for a seed on the
 same CPU and torch build. Training runs on CUDA when torch sees a GPU
 (``--device``; the manifest records which), the way to the longer rounds and
-finer grids the CPU cannot afford; such a run is seeded but not bit-reproducible,
-since trilinear upsampling's backward pass has no deterministic CUDA kernel. ``--minutes`` stops early between steps (recorded,
-since it makes the result depend on the machine's speed). ``--crop-by-lesion``
-picks a lesion before a voxel for the tumour-centred crops, so small lesions
+finer grids the CPU cannot afford; such a run is seeded but not
+bit-reproducible (see :attr:`TrainingSettings.device`). ``--minutes`` stops
+early between steps (recorded, since it makes the result depend on the
+machine's speed). ``--crop-by-lesion`` picks a lesion before a voxel for the tumour-centred crops, so small lesions
 are trained on as often as large ones, and ``--dice-per-crop`` weighs them as
 much in the loss. ``--mirror`` mirrors each crop along z,
 y and x at random (each with probability one half); such a model is then run on
@@ -132,7 +132,6 @@ def training_device(requested: str) -> torch.device:
 def device_description(device: torch.device) -> str:
     """*device* as the manifest records it: ``cpu``, or ``cuda`` with the GPU's name."""
     return f"cuda ({torch.cuda.get_device_name(device)})" if device.type == "cuda" else device.type
-
 
 
 # --------------------------------------------------------------------------- cases
