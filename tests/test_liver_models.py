@@ -522,6 +522,43 @@ def test_a_model_trained_on_cuda_says_so_and_runs_on_the_cpu(tmp_path):
     assert probabilities.shape == (3, 16, 32, 32) and np.allclose(probabilities.sum(axis=0), 1.0, atol=1e-4)
 
 
+def test_phantoms_are_simulated_on_the_model_grid_over_the_same_field_of_view():
+    from inference.liver import phantom as ph
+    from inference.liver import training
+
+    assert training.phantom_grid(ph.DEFAULT_SPACING) == (ph.DEFAULT_SHAPE, ph.DEFAULT_SPACING)
+    assert training.phantom_grid((2, 1.5, 1.5)) == ((96, 256, 256), (2.0, 1.5, 1.5))
+    with pytest.raises(ValueError, match="three positive"):
+        training.phantom_grid((2, 0, 1.5))
+    # on the default grid a recipe's phantom is the simulator's own, voxel for voxel
+    recipe = training.MODEL_RECIPES["liver-seg-ct-multiphase"]
+    default = training.simulate_phantom(recipe, 3)
+    same = ph.simulate_liver_ct(3, phases=recipe.channels)
+    assert np.array_equal(default.images, same.images) and np.array_equal(default.labels, same.labels)
+    coarse = training.simulate_phantom(recipe, 3, (8, 6, 6))
+    assert coarse.spacing == (8.0, 6.0, 6.0) and coarse.labels.shape == (24, 64, 64)
+    # the same case: its liver volume agrees to within the coarser grid's partial volume
+    ml = [np.count_nonzero(p.labels > 0) * np.prod(p.spacing) / 1000 for p in (default, coarse)]
+    assert ml[1] == pytest.approx(ml[0], rel=0.1)
+
+
+def test_a_model_of_another_spacing_is_trained_and_scored_on_phantoms_of_its_grid(tmp_path):
+    from inference.liver import segmentation_card, training
+
+    assert training.main(["--spacing", "8", "6", "6", "--steps", "1", "--pool-size", "1", "--refresh-every", "0",
+                          "--batch-size", "1", "--evaluation-cases", "1", "--device", "cpu",
+                          "--out", str(tmp_path)], name="liver-seg-ct") == 0
+    manifest = lw.read_manifest(tmp_path / "liver-seg-ct-v1.json")
+    assert manifest["input"]["spacing_zyx_mm"] == [8.0, 6.0, 6.0]
+    assert manifest["training"]["settings"]["model_spacing"] == [8.0, 6.0, 6.0]
+    assert manifest["training"]["settings"]["refresh_every"] == 0
+    assert manifest["metrics"]["held_out_phantoms"]["phantom_spacing_mm"] == [8.0, 6.0, 6.0]
+    command = segmentation_card.reproduce_command("liver-seg-ct", manifest)
+    assert "--refresh-every 0 --spacing 8 6 6 " in command
+    card = (tmp_path / segmentation_card.MODEL_CARD).read_text()
+    assert command in card and "| `liver-seg-ct-v1` | 0–0 (phantoms at 8 × 6 × 6 mm) |" in card
+
+
 def test_confirmation_evaluation_is_kept_beside_the_held_out_one_on_seeds_no_choice_saw(tmp_path):
     from inference.liver import segmentation_card, training
 

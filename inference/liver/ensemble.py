@@ -66,6 +66,7 @@ class LiverEnsemble:
         self.manifest = dict(manifest)
         self.channels: tuple[str, ...] = first.channels
         self.modality: str = first.modality
+        self.spacing: tuple[float, float, float] = first.spacing
         self.device: torch.device = first.device
 
     @classmethod

@@ -80,8 +80,11 @@ def _metrics_table(manifests: Sequence[tuple[str, dict[str, Any]]], key: str) ->
                 lines.append(f"| `{m['model_version']}` | not evaluated | | | | | | | | | | | |")
             continue
         lv, tu, le = h["liver"], h["tumour"], h["lesions"]
+        grid = h.get("phantom_spacing_mm", list(TrainingSettings().model_spacing))
+        seeds = f"{h['seeds'][0]}–{h['seeds'][1]}" + (
+            "" if tuple(grid) == TrainingSettings().model_spacing else f" (phantoms at {' × '.join(f'{g:g}' for g in grid)} mm)")
         lines.append(
-            f"| `{m['model_version']}` | {h['seeds'][0]}–{h['seeds'][1]} | {_fmt(lv['dice'])} | {_fmt(lv['hd95_mm'], 1)} | "
+            f"| `{m['model_version']}` | {seeds} | {_fmt(lv['dice'])} | {_fmt(lv['hd95_mm'], 1)} | "
             f"{_fmt(tu['dice'])} | {_fmt(tu['dice_global'])} | {_fmt(tu['hd95_mm'], 1)} | {_fmt(tu['precision'])} | "
             f"{_fmt(tu['recall'])} | {_fmt(le['sensitivity'])} ({le['detected']}/{le['count']}) | "
             f"{_fmt(le['sensitivity_ge_10mm'])} (of {le['count_ge_10mm']}) | "
@@ -466,9 +469,12 @@ def reproduce_command(name: str, manifest: dict[str, Any]) -> str:
     defaults = TrainingSettings()
     words = [f"OMP_NUM_THREADS={s['threads']} pacsnode train {name} --seed {s['seed']} --steps {s['steps']}",
              f"--evaluation-cases {s['evaluation_cases']}"]
-    for key, flag in (("batch_size", "--batch-size"), ("pool_size", "--pool-size")):
+    for key, flag in (("batch_size", "--batch-size"), ("pool_size", "--pool-size"),
+                      ("refresh_every", "--refresh-every")):
         if s.get(key, getattr(defaults, key)) != getattr(defaults, key):
             words.append(f"{flag} {s[key]}")
+    if tuple(s.get("model_spacing", defaults.model_spacing)) != defaults.model_spacing:
+        words.append("--spacing " + " ".join(f"{v:g}" for v in s["model_spacing"]))
     if s.get("learning_rate", defaults.learning_rate) != defaults.learning_rate:
         words.append(f"--learning-rate {s['learning_rate']:g}")
     if s.get("crop_by_lesion"):

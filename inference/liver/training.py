@@ -27,6 +27,9 @@ phantoms is simulated at the start and one case is replaced by a new seed every
 ``refresh_every`` steps (simulating a phantom per step would cost more than the
 step). Each case is prepared exactly as at inference
 (:mod:`inference.liver.preprocess`: normalised, resampled to the model spacing).
+Phantoms are simulated on the model grid over a fixed field of view
+(:func:`phantom_grid`), so a model of a finer ``--spacing`` is trained and
+scored on finer phantoms.
 The phantom's phases move rigidly between acquisitions; the pipeline aligns
 them with :mod:`dicom_io.registration` before the model sees them, and here the
 known shift is undone instead (an ideal registration), see :func:`align_channels`.
@@ -182,13 +185,31 @@ def align_channels(images: np.ndarray, motion_mm: np.ndarray, spacing: Sequence[
     return out
 
 
-def simulate_phantom(recipe: ModelRecipe, seed: int) -> Any:
-    """The phantom of *seed* for *recipe* (MR: all four DCE phases, so every MR model sees the same case)."""
+def phantom_grid(spacing: Sequence[float]) -> tuple[tuple[int, int, int], tuple[float, float, float]]:
+    """(shape, spacing) of a phantom with voxels of *spacing* (mm, zyx) over the default field of view."""
     from inference.liver import phantom as ph
 
+    spacing = tuple(float(s) for s in spacing)
+    if len(spacing) != 3 or not all(s > 0 for s in spacing):
+        raise ValueError(f"a phantom grid needs three positive (z, y, x) spacings in mm, got {spacing}")
+    fov = np.asarray(ph.DEFAULT_SHAPE) * np.asarray(ph.DEFAULT_SPACING)
+    return tuple(round(float(f / s)) for f, s in zip(fov, spacing, strict=True)), spacing  # type: ignore[return-value]
+
+
+def simulate_phantom(recipe: ModelRecipe, seed: int, spacing: Sequence[float] | None = None) -> Any:
+    """The phantom of *seed* for *recipe* (MR: all four DCE phases, so every MR model sees the same case).
+
+    *spacing* (mm, zyx) simulates it on a grid of that voxel size over the default field of view
+    (:func:`phantom_grid`); the default is the simulator's. Training and a recipe's evaluation
+    simulate on the model's grid, so a model of finer spacing is trained and scored on finer phantoms.
+    """
+    from inference.liver import phantom as ph
+
+    shape, spacing = phantom_grid(spacing if spacing is not None else ph.DEFAULT_SPACING)
     if recipe.modality == "CT":
-        return ph.simulate_liver_ct(seed, phases=None if recipe.channels == SINGLE_CT_CHANNELS else recipe.channels)
-    return ph.simulate_liver_mr(seed, channels=DCE_CHANNELS)
+        return ph.simulate_liver_ct(seed, shape=shape, spacing=spacing,
+                                    phases=None if recipe.channels == SINGLE_CT_CHANNELS else recipe.channels)
+    return ph.simulate_liver_mr(seed, shape=shape, spacing=spacing, channels=DCE_CHANNELS)
 
 
 def aligned_phantom_channels(phantom: Any, channels: Sequence[str]) -> np.ndarray:
@@ -224,7 +245,7 @@ def first_phantom_seed(seed: int) -> int:
 
 
 def phantom_case(recipe: ModelRecipe, seed: int, settings: TrainingSettings) -> TrainingCase:
-    phantom = simulate_phantom(recipe, seed)
+    phantom = simulate_phantom(recipe, seed, settings.model_spacing)
     channels = aligned_phantom_channels(phantom, recipe.channels)
     return prepare_case(recipe, channels, phantom.labels, phantom.spacing, settings, f"phantom seed {seed}")
 
@@ -359,14 +380,17 @@ def phantom_segmenter(segmenter: ensemble.LiverModel, recipe: ModelRecipe,
 
 def evaluate_recipe(segmenter: ensemble.LiverModel, recipe: ModelRecipe, seeds: Sequence[int],
                     log: Callable[[str], None] | None = None) -> dict[str, Any]:
-    """:func:`inference.liver.evaluation.evaluate_on_phantoms` for a model (or ensemble) of *recipe*'s inputs."""
+    """:func:`inference.liver.evaluation.evaluate_on_phantoms` for a model (or ensemble) of *recipe*'s inputs,
+    on phantoms simulated on the model's grid (recorded in the summary as ``phantom_spacing_mm``)."""
     overlap = sorted(seed for seed in seeds if seed >= FIRST_TRAINING_SEED)
     if overlap:
         raise ValueError(f"evaluation seeds {overlap[:5]}… are training seeds (>= {FIRST_TRAINING_SEED})")
-    return evaluation.evaluate_on_phantoms(
-        phantom_segmenter(segmenter, recipe), lambda s: simulate_phantom(recipe, s), seeds, log=log,
+    report = evaluation.evaluate_on_phantoms(
+        phantom_segmenter(segmenter, recipe), lambda s: simulate_phantom(recipe, s, segmenter.spacing), seeds, log=log,
         input_images=lambda phantom: aligned_phantom_channels(phantom, recipe.channels),
     )
+    report["summary"]["phantom_spacing_mm"] = list(segmenter.spacing)
+    return report
 
 
 # --------------------------------------------------------------------------- training
@@ -637,6 +661,12 @@ def main(argv: Sequence[str] | None = None, name: str | None = None) -> int:
     parser.add_argument("--minutes", type=float, default=None, help="stop early after this many minutes")
     parser.add_argument("--batch-size", type=int, default=defaults.batch_size)
     parser.add_argument("--pool-size", type=int, default=defaults.pool_size)
+    parser.add_argument("--refresh-every", type=int, default=defaults.refresh_every, metavar="STEPS",
+                        help="replace one pooled phantom by a new one every STEPS steps (0: never; default: "
+                             "%(default)s); simulating costs more on a finer --spacing")
+    parser.add_argument("--spacing", type=float, nargs=3, default=None, metavar=("Z", "Y", "X"),
+                        help=f"model grid in mm (default: {' '.join(map(str, defaults.model_spacing))}); the "
+                             "training and evaluation phantoms are simulated on it")
     parser.add_argument("--evaluation-cases", type=int, default=defaults.evaluation_cases,
                         help="held-out phantoms (seeds 0…) to evaluate on afterwards (with --confirm: "
                              "confirmation phantoms)")
@@ -680,7 +710,8 @@ def main(argv: Sequence[str] | None = None, name: str | None = None) -> int:
         return 0
     settings = TrainingSettings(
         seed=args.seed, steps=args.steps, minutes=args.minutes, batch_size=args.batch_size,
-        pool_size=args.pool_size, evaluation_cases=args.evaluation_cases, threads=args.threads,
+        pool_size=args.pool_size, refresh_every=args.refresh_every, evaluation_cases=args.evaluation_cases,
+        threads=args.threads, model_spacing=tuple(args.spacing) if args.spacing else defaults.model_spacing,
         learning_rate=args.learning_rate, crop_by_lesion=args.crop_by_lesion, mirror=args.mirror, init_from=args.init,
         dice_per_crop=args.dice_per_crop, device=args.device,
         model_version=args.version, widths=tuple(args.widths) if args.widths else None,
