@@ -557,6 +557,7 @@ def test_a_model_of_another_spacing_is_trained_and_scored_on_phantoms_of_its_gri
     assert "--refresh-every 0 --spacing 8 6 6 " in command
     card = (tmp_path / segmentation_card.MODEL_CARD).read_text()
     assert command in card and "| `liver-seg-ct-v1` | 0–0 (phantoms at 8 × 6 × 6 mm) |" in card
+    assert "* `liver-seg-ct-v1` (phantoms at 8 × 6 × 6 mm): liver Dice ≥ 0.95:" in card
 
 
 def test_confirmation_evaluation_is_kept_beside_the_held_out_one_on_seeds_no_choice_saw(tmp_path):

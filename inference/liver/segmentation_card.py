@@ -68,6 +68,22 @@ def _kind_lines(manifests: Sequence[tuple[str, dict[str, Any]]]) -> list[str]:
     return lines
 
 
+def _phantom_grid(h: dict[str, Any]) -> tuple[float, ...]:
+    """The voxel size (mm, zyx) of the phantoms an evaluation summary was made on (older ones: the default)."""
+    return tuple(h.get("phantom_spacing_mm", TrainingSettings().model_spacing))
+
+
+def _on_grid(h: dict[str, Any]) -> str:
+    """" (phantoms at Z × Y × X mm)" for phantoms off the default grid, else nothing."""
+    grid = _phantom_grid(h)
+    return "" if grid == TrainingSettings().model_spacing else f" (phantoms at {' × '.join(f'{g:g}' for g in grid)} mm)"
+
+
+def _same_phantoms(a: dict[str, Any], b: dict[str, Any]) -> bool:
+    """Whether two evaluation summaries were made on the same phantoms: the same seeds on the same grid."""
+    return a["seeds"] == b["seeds"] and _phantom_grid(a) == _phantom_grid(b)
+
+
 def _metrics_table(manifests: Sequence[tuple[str, dict[str, Any]]], key: str) -> list[str]:
     """One row per model of its ``metrics[key]`` summary; held-out rows also for models not evaluated."""
     lines = [("| model | seeds | liver Dice | liver HD95 mm | tumour Dice | tumour Dice global | tumour HD95 mm | "
@@ -80,11 +96,8 @@ def _metrics_table(manifests: Sequence[tuple[str, dict[str, Any]]], key: str) ->
                 lines.append(f"| `{m['model_version']}` | not evaluated | | | | | | | | | | | |")
             continue
         lv, tu, le = h["liver"], h["tumour"], h["lesions"]
-        grid = h.get("phantom_spacing_mm", list(TrainingSettings().model_spacing))
-        seeds = f"{h['seeds'][0]}–{h['seeds'][1]}" + (
-            "" if tuple(grid) == TrainingSettings().model_spacing else f" (phantoms at {' × '.join(f'{g:g}' for g in grid)} mm)")
         lines.append(
-            f"| `{m['model_version']}` | {seeds} | {_fmt(lv['dice'])} | {_fmt(lv['hd95_mm'], 1)} | "
+            f"| `{m['model_version']}` | {h['seeds'][0]}–{h['seeds'][1]}{_on_grid(h)} | {_fmt(lv['dice'])} | {_fmt(lv['hd95_mm'], 1)} | "
             f"{_fmt(tu['dice'])} | {_fmt(tu['dice_global'])} | {_fmt(tu['hd95_mm'], 1)} | {_fmt(tu['precision'])} | "
             f"{_fmt(tu['recall'])} | {_fmt(le['sensitivity'])} ({le['detected']}/{le['count']}) | "
             f"{_fmt(le['sensitivity_ge_10mm'])} (of {le['count_ge_10mm']}) | "
@@ -107,7 +120,7 @@ def _target_check(version: str, h: dict[str, Any]) -> str:
         ("tumour Dice on the conspicuous lesions", "dice_conspicuous")) if h["tumour"].get(key) is not None]
     if asides:
         said += f" ({'; '.join(asides)})"
-    return f"* `{version}`: {said}."
+    return f"* `{version}`{_on_grid(h)}: {said}."
 
 
 def _confirmation_lines(manifests: Sequence[tuple[str, dict[str, Any]]]) -> list[str]:
@@ -170,7 +183,7 @@ def _target_lines(manifests: Sequence[tuple[str, dict[str, Any]]]) -> list[str]:
         base_version = str(m["model_version"]).replace("liver-seg-mr-", "liver-seg-mr-baseline-", 1)
         fused = m.get("metrics", {}).get("held_out_phantoms")
         base = by_version.get(base_version, {}).get("metrics", {}).get("held_out_phantoms")
-        if not (fused and base):
+        if not (fused and base and _same_phantoms(fused, base)):
             continue
         mean_better = (fused["tumour"]["dice"] or 0) > (base["tumour"]["dice"] or 0)
         global_better = (fused["tumour"]["dice_global"] or 0) > (base["tumour"]["dice_global"] or 0)
@@ -414,7 +427,7 @@ def _multiphase_ct_lines(manifests: Sequence[tuple[str, dict[str, Any]]]) -> lis
         channels = tuple(m["input"]["channels"])
         if m["input"]["modality"] != "CT" or channels == SINGLE_CT_CHANNELS:
             continue
-        if not multi or multi["seeds"] != base["seeds"]:
+        if not multi or not _same_phantoms(multi, base):
             continue
         lines.append(
             f"* `{m['model_version']}` ({_phase_words(channels)} CT) vs `{single}` (portal-venous "
@@ -431,9 +444,11 @@ def _progress_lines(manifests: Sequence[tuple[str, dict[str, Any]]]) -> list[str
     """One line per recipe with several versions: how tumour Dice and sensitivity moved between them."""
     lines = []
     for name in MODEL_RECIPES:
-        versions = [m for n, m in manifests if n == name and m.get("metrics", {}).get("held_out_phantoms")]
-        seeds = {tuple(m["metrics"]["held_out_phantoms"]["seeds"]) for m in versions}
-        if len(versions) < 2 or len(seeds) != 1:
+        evaluated = [m for n, m in manifests if n == name and m.get("metrics", {}).get("held_out_phantoms")]
+        # versions scored on other phantoms (seeds or grid) than the first are not on this line
+        versions = [m for m in evaluated
+                    if _same_phantoms(m["metrics"]["held_out_phantoms"], evaluated[0]["metrics"]["held_out_phantoms"])]
+        if len(versions) < 2:
             continue
         steps = ", ".join(
             f"`{m['model_version']}` {_fmt(m['metrics']['held_out_phantoms']['tumour']['dice'])} / "
