@@ -136,6 +136,32 @@ def test_mirrored_views_are_averaged_with_the_study_itself(tmp_path):
         lw.LiverSegmenter.load(tmp_path / "test-v2.json")
 
 
+def test_the_sliding_window_overlap_is_the_manifests(tmp_path):
+    from monai.inferers import sliding_window_inference
+
+    torch.manual_seed(5)
+    model = models.UNet3D(models.UNet3DConfig(widths=(4, 8, 8))).eval()
+    path = _write_model(tmp_path, model, "unet-3d", ("ct",), "CT", patch=(8, 16, 16))
+    assert lw.LiverSegmenter.load(path, device="cpu").overlap == lw.SLIDING_WINDOW_OVERLAP
+    manifest = json.loads(path.read_text())
+    manifest["inference"]["sliding_window_overlap"] = 0.25
+    path.write_text(json.dumps(manifest))
+    sparse = lw.LiverSegmenter.load(path, device="cpu")
+    x = np.random.default_rng(6).normal(size=(1, 19, 37, 29)).astype(np.float32)
+    with torch.inference_mode():
+        expected = {overlap: torch.softmax(sliding_window_inference(
+            torch.from_numpy(x)[None], (8, 16, 16), 1, model, overlap=overlap, mode="gaussian"), dim=1)[0].numpy()
+            for overlap in (0.25, 0.5)}
+    probabilities = sparse.predict(x, normalised=True)
+    np.testing.assert_allclose(probabilities, expected[0.25], atol=1e-5)
+    assert np.abs(probabilities - expected[0.5]).max() > 1e-3  # the tiles, and so the blend, differ
+    for bad in (1.0, -0.1, "half", True):
+        manifest["inference"]["sliding_window_overlap"] = bad
+        path.write_text(json.dumps(manifest))
+        with pytest.raises(lw.LiverManifestError, match="sliding_window_overlap"):
+            lw.LiverSegmenter.load(path)
+
+
 def test_load_refuses_tampered_missing_and_malformed_weights(tmp_path):
     path = _write_model(tmp_path, models.UNet3D(models.UNet3DConfig(widths=(4, 8))), "unet-3d", ("ct",), "CT",
                         patch=(8, 8, 8))
