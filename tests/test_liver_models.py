@@ -571,16 +571,21 @@ def test_phantoms_are_simulated_on_the_model_grid_over_the_same_field_of_view():
 def test_a_model_of_another_spacing_is_trained_and_scored_on_phantoms_of_its_grid(tmp_path):
     from inference.liver import segmentation_card, training
 
-    assert training.main(["--spacing", "8", "6", "6", "--steps", "1", "--pool-size", "1", "--refresh-every", "0",
+    assert training.main(["--spacing", "8", "6", "6", "--overlap", "0.25", "--steps", "1", "--pool-size", "1", "--refresh-every", "0",
                           "--batch-size", "1", "--evaluation-cases", "1", "--device", "cpu",
                           "--out", str(tmp_path)], name="liver-seg-ct") == 0
     manifest = lw.read_manifest(tmp_path / "liver-seg-ct-v1.json")
     assert manifest["input"]["spacing_zyx_mm"] == [8.0, 6.0, 6.0]
     assert manifest["training"]["settings"]["model_spacing"] == [8.0, 6.0, 6.0]
     assert manifest["training"]["settings"]["refresh_every"] == 0
+    assert manifest["inference"]["sliding_window_overlap"] == 0.25
+    assert lw.LiverSegmenter.load(tmp_path / "liver-seg-ct-v1.json", device="cpu").overlap == 0.25
     assert manifest["metrics"]["held_out_phantoms"]["phantom_spacing_mm"] == [8.0, 6.0, 6.0]
+    with pytest.raises(SystemExit) as refused:  # before any phantom is simulated
+        training.main(["--overlap", "1", "--out", str(tmp_path / "x")], name="liver-seg-ct")
+    assert refused.value.code == 2 and not (tmp_path / "x" / "liver-seg-ct-v1.json").exists()
     command = segmentation_card.reproduce_command("liver-seg-ct", manifest)
-    assert "--refresh-every 0 --spacing 8 6 6 " in command
+    assert "--refresh-every 0 --overlap 0.25 --spacing 8 6 6 " in command
     card = (tmp_path / segmentation_card.MODEL_CARD).read_text()
     assert command in card and "| `liver-seg-ct-v1` | 0–0 (phantoms at 8 × 6 × 6 mm) |" in card
     assert "* `liver-seg-ct-v1` (phantoms at 8 × 6 × 6 mm): liver Dice ≥ 0.95:" in card

@@ -87,6 +87,9 @@ class TrainingSettings:
     #: Sliding-window size at inference (the manifest's patch size): the networks are fully
     #: convolutional, and larger windows mean fewer windows and fewer tile borders.
     inference_patch_size: tuple[int, int, int] = (32, 96, 96)
+    #: Overlap of the sliding windows at inference (the manifest's): less runs fewer windows,
+    #: which a finer model grid needs to stay within the CPU time target.
+    sliding_window_overlap: float = 0.5
     model_spacing: tuple[float, float, float] = (4.0, 3.0, 3.0)
     learning_rate: float = 3e-3
     pool_size: int = 16

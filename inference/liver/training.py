@@ -417,6 +417,8 @@ def train_liver_model(
         raise ValueError(f"unknown liver model {name!r} (known: {', '.join(MODEL_RECIPES)})") from None
     settings = settings or TrainingSettings()
     settings = replace(settings, device=training_device(settings.device).type)
+    if not 0 <= settings.sliding_window_overlap < 1:  # refused before training, not when the model is loaded
+        raise ValueError(f"sliding-window overlap must be from 0 to under 1, not {settings.sliding_window_overlap}")
     if settings.evaluation_cases:
         evaluation_seeds(settings.evaluation_cases)  # refuse a count it cannot evaluate before training, not after
     out_dir = Path(out_dir)
@@ -539,6 +541,7 @@ def _train(recipe: ModelRecipe, out_dir: Path, settings: TrainingSettings, data_
         patch_size_zyx=settings.inference_patch_size,
         training=training,
         mirroring=lw.MIRRORED_VIEWS if settings.mirror else (),
+        overlap=settings.sliding_window_overlap,
     )
     manifest_path = out_dir / f"{model_version}.json"
     lw.write_manifest(manifest, manifest_path)
@@ -667,6 +670,9 @@ def main(argv: Sequence[str] | None = None, name: str | None = None) -> int:
     parser.add_argument("--spacing", type=float, nargs=3, default=None, metavar=("Z", "Y", "X"),
                         help=f"model grid in mm (default: {' '.join(map(str, defaults.model_spacing))}); the "
                              "training and evaluation phantoms are simulated on it")
+    parser.add_argument("--overlap", type=float, default=defaults.sliding_window_overlap,
+                        help="overlap of the sliding windows at inference, from 0 to under 1 (default: "
+                             "%(default)s); less is faster")
     parser.add_argument("--evaluation-cases", type=int, default=defaults.evaluation_cases,
                         help="held-out phantoms (seeds 0…) to evaluate on afterwards (with --confirm: "
                              "confirmation phantoms)")
@@ -711,7 +717,8 @@ def main(argv: Sequence[str] | None = None, name: str | None = None) -> int:
     settings = TrainingSettings(
         seed=args.seed, steps=args.steps, minutes=args.minutes, batch_size=args.batch_size,
         pool_size=args.pool_size, refresh_every=args.refresh_every, evaluation_cases=args.evaluation_cases,
-        threads=args.threads, model_spacing=tuple(args.spacing) if args.spacing else defaults.model_spacing,
+        threads=args.threads, sliding_window_overlap=args.overlap,
+        model_spacing=tuple(args.spacing) if args.spacing else defaults.model_spacing,
         learning_rate=args.learning_rate, crop_by_lesion=args.crop_by_lesion, mirror=args.mirror, init_from=args.init,
         dice_per_crop=args.dice_per_crop, device=args.device,
         model_version=args.version, widths=tuple(args.widths) if args.widths else None,

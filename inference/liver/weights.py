@@ -51,7 +51,7 @@ WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
 DEFAULT_MODELS = {
     "mr": "liver-seg-mr-v7",
     "ct": "liver-seg-ct-v6",
-    "ct-multiphase": "liver-seg-ct-multiphase-v9",
+    "ct-multiphase": "liver-seg-ct-multiphase-v13",
     "mr-baseline": "liver-seg-mr-baseline-v7",
 }
 #: Sliding-window overlap between neighbouring windows (fraction of the window).
@@ -107,6 +107,7 @@ def build_manifest(
     training: Mapping[str, Any],
     metrics: Mapping[str, Any] | None = None,
     mirroring: Sequence[Sequence[str]] = (),
+    overlap: float = SLIDING_WINDOW_OVERLAP,
 ) -> dict[str, Any]:
     """The manifest that weights travel with (read back by :meth:`LiverSegmenter.load`).
 
@@ -131,7 +132,7 @@ def build_manifest(
             "patch_size_zyx": [int(p) for p in patch_size_zyx],
         },
         "classes": list(LIVER_CLASSES),
-        "inference": {"sliding_window_overlap": SLIDING_WINDOW_OVERLAP, "blending": "gaussian",
+        "inference": {"sliding_window_overlap": float(overlap), "blending": "gaussian",
                       "mirroring": [list(view) for view in mirroring]},
         "training": dict(training),
         "metrics": dict(metrics or {}),
