@@ -273,7 +273,7 @@ def _target_lines(manifests: Sequence[tuple[str, dict[str, Any]]]) -> list[str]:
         "    their ensemble: 0.824 / pooled 0.892 / 0.905 on seeds 0–19 and 0.768 / 0.912 / 0.861",
         "    on the confirmation seeds, against 0.826 / 0.886 / 0.905 and 0.785 / 0.912 / 0.889 for",
         "    v2. They were not kept.",
-        "  * `liver-seg-ct-multiphase-v9`, the pipeline's multi-phase CT model before v13 (below), is U-Net v7 trained",
+        "  * `liver-seg-ct-multiphase-v9`, the pipeline's multi-phase CT model, is U-Net v7 trained",
         "    16000 more steps on new phantoms with each crop mirrored at random along z, y and x",
         "    (`--mirror`, `--seed 8`), and is run on the study and its three mirrored copies, the",
         "    probabilities averaged (test-time mirroring; the manifest's `inference.mirroring`).",
@@ -403,7 +403,7 @@ def _target_lines(manifests: Sequence[tuple[str, dict[str, Any]]]) -> list[str]:
         "    it swings both ways (seed 7 0.49 → 0.88, seed 0 0.80 → 0.49): the network learnt the",
         "    model grid's noise and partial volume from phantoms rendered on it, so a test of",
         "    antialiasing needs models trained on finer phantoms brought down the same way.",
-        "  * A finer grid: `liver-seg-ct-multiphase-v13`, the pipeline's multi-phase CT model. It is",
+        "  * A finer grid: `liver-seg-ct-multiphase-v13` (not the pipeline's model, see the end). It is",
         "    U-Net v9 trained 8000 more steps on phantoms simulated at 2 × 1.5 × 1.5 mm (`--spacing 2",
         "    1.5 1.5`: 96 × 256 × 256 voxels over the same field of view, the noise per voxel",
         "    unchanged; `--seed 17`, lr 0.001, lesion-balanced crops, no mirroring, `--refresh-every",
@@ -424,7 +424,14 @@ def _target_lines(manifests: Sequence[tuple[str, dict[str, Any]]]) -> list[str]:
         "    two-phase CT to 43.1 s against 33.7 s for v9 in the same run (1.3×; 66.0 s, over the",
         "    60 s target, at 0.5). The case-mean tumour target is still not met (seed 16's two",
         "    lesions show in no phase: ceiling 0.888 on seeds 0–19); the ≥ 10 mm sensitivity and",
-        "    the liver targets are. The MR and portal-venous CT models are still on the coarse grid.",
+        "    the liver targets are. It is not the pipeline's model because it fails on a study",
+        "    coarser than its grid, brought up to it: on the 4 × 3 × 3 mm phantoms of seeds 0–3 it",
+        "    marks 17, 54, 12 and 13 false lesions and scores tumour Dice 0.16, 0.43 and 0.03 (v9:",
+        "    0.68, 0.87, 0.82; stopped there). A CT of 5 mm slices is coarser than its grid along z",
+        "    (not measured). A site whose studies are at least as fine names it in a route",
+        "    (`ct_weights`); choosing the",
+        "    model by the study's grid, or training on coarse studies brought up to the fine grid,",
+        "    would let the pipeline use it. The MR and portal-venous CT models are on the coarse grid.",
     ]
     return lines
 

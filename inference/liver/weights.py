@@ -51,7 +51,7 @@ WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
 DEFAULT_MODELS = {
     "mr": "liver-seg-mr-v7",
     "ct": "liver-seg-ct-v6",
-    "ct-multiphase": "liver-seg-ct-multiphase-v13",
+    "ct-multiphase": "liver-seg-ct-multiphase-v9",
     "mr-baseline": "liver-seg-mr-baseline-v7",
 }
 #: Sliding-window overlap between neighbouring windows (fraction of the window).
