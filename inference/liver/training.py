@@ -47,8 +47,8 @@ same CPU and torch build. Training runs on CUDA when torch sees a GPU
 finer grids the CPU cannot afford; such a run is seeded but not
 bit-reproducible (see :attr:`TrainingSettings.device`). ``--minutes`` stops
 early between steps (recorded, since it makes the result depend on the
-machine's speed). ``--crop-by-lesion`` picks a lesion before a voxel for the tumour-centred crops, so small lesions
-are trained on as often as large ones, and ``--dice-per-crop`` weighs them as
+machine's speed). ``--crop-by-lesion`` picks a lesion before a voxel for the
+tumour-centred crops, so small lesions are trained on as often as large ones, and ``--dice-per-crop`` weighs them as
 much in the loss. ``--mirror`` mirrors each crop along z,
 y and x at random (each with probability one half); such a model is then run on
 the study and on its three mirrored copies, the probabilities averaged (the
@@ -417,7 +417,7 @@ def train_liver_model(
         raise ValueError(f"unknown liver model {name!r} (known: {', '.join(MODEL_RECIPES)})") from None
     settings = settings or TrainingSettings()
     settings = replace(settings, device=training_device(settings.device).type)
-    if not 0 <= settings.sliding_window_overlap < 1:  # refused before training, not when the model is loaded
+    if not lw.valid_overlap(settings.sliding_window_overlap):  # refused before training, not when loaded
         raise ValueError(f"sliding-window overlap must be from 0 to under 1, not {settings.sliding_window_overlap}")
     if settings.evaluation_cases:
         evaluation_seeds(settings.evaluation_cases)  # refuse a count it cannot evaluate before training, not after

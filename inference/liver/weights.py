@@ -225,9 +225,10 @@ class LiverSegmenter:
         Channels are in the manifest's order (:attr:`channels`) at the model
         spacing (:attr:`spacing`). Unless *normalised*, the manifest's
         normalisation is applied first. Windows of :attr:`patch_size` overlap by
-        :attr:`overlap` (the manifest's, by default half) and are blended with Gaussian weights; volumes smaller than a
-        window are padded (zeros after normalisation, which is air for MR and
-        the window's mid-level for CT) and the padding is cut off again. A
+        :attr:`overlap` (the manifest's, by default half) and are blended with
+        Gaussian weights; volumes smaller than a window are padded (zeros after
+        normalisation, which is air for MR and the window's mid-level for CT)
+        and the padding is cut off again. A
         model whose manifest lists mirrored views (:attr:`mirroring`) is also
         run on each mirrored copy, mirrored back, and the probabilities averaged.
         """
@@ -287,6 +288,11 @@ def mirrored_views(manifest: Mapping[str, Any]) -> tuple[tuple[int, ...], ...]:
     return tuple(tuple(MIRROR_AXES[axis] for axis in view) for view in views)
 
 
+def valid_overlap(overlap: object) -> bool:
+    """Whether *overlap* is a sliding-window overlap a model may use: a number from 0 to under 1."""
+    return not isinstance(overlap, bool) and isinstance(overlap, int | float) and 0 <= overlap < 1
+
+
 def sliding_window_overlap(manifest: Mapping[str, Any]) -> float:
     """The ``inference.sliding_window_overlap`` of *manifest* (0 to under 1); :data:`SLIDING_WINDOW_OVERLAP` when absent.
 
@@ -294,7 +300,7 @@ def sliding_window_overlap(manifest: Mapping[str, Any]) -> float:
     less blending across window borders.
     """
     overlap = manifest.get("inference", {}).get("sliding_window_overlap", SLIDING_WINDOW_OVERLAP)
-    if isinstance(overlap, bool) or not isinstance(overlap, int | float) or not 0 <= overlap < 1:
+    if not valid_overlap(overlap):
         raise LiverManifestError(
             f"manifest of {manifest.get('model_version', 'unknown')}: inference.sliding_window_overlap must be a "
             f"number from 0 to under 1, got {overlap!r}")
@@ -335,5 +341,6 @@ __all__ = [
     "save_weights",
     "sha256_of_file",
     "sliding_window_overlap",
+    "valid_overlap",
     "write_manifest",
 ]
