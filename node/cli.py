@@ -560,12 +560,19 @@ def evaluate_liver_cls(ctx: click.Context) -> None:
               type=click.Path(exists=True, dir_okay=False, path_type=Path),
               help="Manifest of the single-phase model it is compared with (MR: the portal-phase baseline; "
                    "CT: the portal-venous model; default: the committed one).")
+@click.option("--compare", "compared", multiple=True,
+              type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="Manifest of a further model scored beside them, labelled by its version (repeatable).")
+@click.option("--spacing", type=float, nargs=3, default=None, metavar="Z Y X",
+              help="Simulate the phantoms on this grid, in mm (default: the simulator's 4 3 3); each model "
+                   "resamples them onto its own grid, as it would a study of that protocol.")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 def evaluate_liver_seg(modality: str, cases: int, first_seed: int, model_path: Path | None,
-                       baseline_path: Path | None, as_json: bool) -> None:
+                       baseline_path: Path | None, compared: tuple[Path, ...],
+                       spacing: tuple[float, float, float] | None, as_json: bool) -> None:
     """Liver/tumour Dice, IoU, HD95, precision, recall and lesion detection on held-out phantoms
     (MR: the 4D model beside the single-phase baseline; CT: the multi-phase model beside the
-    portal-venous one)."""
+    portal-venous one; ``--compare`` adds others)."""
     from inference.liver.comparison import compare_models, format_comparison
     from inference.liver.weights import LiverModelError, default_weights
 
@@ -575,9 +582,10 @@ def evaluate_liver_seg(modality: str, cases: int, first_seed: int, model_path: P
     else:
         models = {"multi-phase CT model": model_path or default_weights("ct-multiphase"),
                   "portal-venous CT U-Net": baseline_path or default_weights("ct")}
+    models.update({path.stem: path for path in compared})
     try:
         report = compare_models(modality, cases, first_seed, models,
-                                log=None if as_json else lambda line: click.echo(line, err=True))
+                                log=None if as_json else lambda line: click.echo(line, err=True), spacing=spacing)
     except (LiverModelError, ValueError) as exc:
         raise click.ClickException(str(exc)) from exc
     click.echo(json.dumps(report, indent=2) if as_json else format_comparison(report))

@@ -591,6 +591,35 @@ def test_a_model_of_another_spacing_is_trained_and_scored_on_phantoms_of_its_gri
     assert "* `liver-seg-ct-v1` (phantoms at 8 × 6 × 6 mm): liver Dice ≥ 0.95:" in card
 
 
+def test_phantoms_of_further_grids_are_simulated_in_turn_and_brought_onto_the_model_grid(tmp_path):
+    from inference.liver import segmentation_card, training
+
+    recipe = training.MODEL_RECIPES["liver-seg-ct"]
+    settings = training.TrainingSettings(phantom_spacings=((8.0, 6.0, 6.0),))
+    assert [settings.phantom_grid_for(s) for s in (10, 11, 12)] == [(4.0, 3.0, 3.0), (8.0, 6.0, 6.0), (4.0, 3.0, 3.0)]
+    own, coarse = training.phantom_case(recipe, 10, settings), training.phantom_case(recipe, 11, settings)
+    assert own.labels.shape == coarse.labels.shape == (48, 128, 128)
+    # seed 11 is the 8 x 6 x 6 mm phantom brought onto the model grid as the pipeline brings a study
+    from inference.liver import preprocess
+
+    simulated = training.simulate_phantom(recipe, 11, (8.0, 6.0, 6.0))
+    expected = preprocess.resample(simulated.labels, simulated.spacing, (4.0, 3.0, 3.0), shape=(48, 128, 128),
+                                   interpolation="nearest")
+    assert np.count_nonzero(coarse.labels == 1) and np.array_equal(coarse.labels, expected)
+    assert np.array_equal(own.labels, training.simulate_phantom(recipe, 10).labels)
+
+    assert training.main(["--phantom-spacing", "8", "6", "6", "--steps", "1", "--pool-size", "2", "--refresh-every", "0",
+                          "--batch-size", "1", "--evaluation-cases", "0", "--device", "cpu",
+                          "--out", str(tmp_path)], name="liver-seg-ct") == 0
+    manifest = lw.read_manifest(tmp_path / "liver-seg-ct-v1.json")
+    assert manifest["training"]["settings"]["phantom_spacings"] == [[8.0, 6.0, 6.0]]
+    assert manifest["input"]["spacing_zyx_mm"] == [4.0, 3.0, 3.0]
+    assert " --phantom-spacing 8 6 6 " in segmentation_card.reproduce_command("liver-seg-ct", manifest)
+    with pytest.raises(SystemExit) as refused:  # before any phantom is simulated
+        training.main(["--phantom-spacing", "0", "6", "6", "--out", str(tmp_path / "x")], name="liver-seg-ct")
+    assert refused.value.code == 2 and not (tmp_path / "x").exists()
+
+
 def test_confirmation_evaluation_is_kept_beside_the_held_out_one_on_seeds_no_choice_saw(tmp_path):
     from inference.liver import segmentation_card, training
 

@@ -551,3 +551,26 @@ def test_evaluate_command_compares_the_multiphase_ct_model_with_the_portal_venou
         shown = entry["summary"]["tumour"]["dice_conspicuous"]
         assert shown is None or 0.0 <= shown <= 1.0
     assert "tumour dice_conspicuous" in format_comparison(report)
+
+
+@_needs(CT_MULTIPHASE_WEIGHTS)
+def test_evaluate_command_scores_models_on_phantoms_of_another_grid_with_further_models_beside_them():
+    import json
+
+    from click.testing import CliRunner
+
+    from inference.liver.comparison import format_comparison
+    from node.cli import main
+
+    result = CliRunner().invoke(main, ["evaluate", "liver-seg", "--modality", "ct", "--cases", "1", "--seed", "17",
+                                       "--spacing", "8", "6", "6", "--compare", str(CT_WEIGHTS), "--json"])
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.output)
+    assert report["phantom_spacing_mm"] == [8.0, 6.0, 6.0]
+    assert list(report["models"]) == ["multi-phase CT model", "portal-venous CT U-Net", CT_WEIGHTS.stem]
+    counts = {entry["summary"]["lesions"]["count"] for entry in report["models"].values()}
+    assert len(counts) == 1  # one phantom, scored on its own grid, for all three
+    assert report["models"][CT_WEIGHTS.stem]["summary"] == report["models"]["portal-venous CT U-Net"]["summary"]
+    assert "(seeds 17–17, 8 × 6 × 6 mm voxels)" in format_comparison(report)
+    refused = CliRunner().invoke(main, ["evaluate", "liver-seg", "--modality", "ct", "--spacing", "0", "6", "6"])
+    assert refused.exit_code != 0 and "three positive" in refused.output

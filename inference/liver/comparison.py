@@ -62,20 +62,33 @@ def model_segmenter(weights: str | Path,
 
 
 def compare_models(modality: str, cases: int, first_seed: int, models: dict[str, str | Path],
-                   log: Callable[[str], None] | None = None) -> dict[str, Any]:
-    """Each of *models* (label → manifest) evaluated on the same ``cases`` phantoms from ``first_seed``."""
+                   log: Callable[[str], None] | None = None,
+                   spacing: Sequence[float] | None = None) -> dict[str, Any]:
+    """Each of *models* (label → manifest) evaluated on the same ``cases`` phantoms from ``first_seed``.
+
+    *spacing* (mm, zyx) simulates the phantoms on that grid over the simulator's field of view
+    (default: the simulator's 4 × 3 × 3 mm), as a study of another scanner protocol would come:
+    each model resamples it onto its own grid, and is scored on the phantom's.
+    """
     from inference.liver.evaluation import EVALUATION_SEEDS, evaluate_on_phantoms
-    from inference.liver.phantom import simulate_liver_ct, simulate_liver_mr
+    from inference.liver.phantom import (
+        DEFAULT_SPACING,
+        simulate_liver_ct,
+        simulate_liver_mr,
+    )
     from inference.liver.phases import CT_MULTIPHASE_PHASES
-    from inference.liver.training import aligned_phantom_channels
+    from inference.liver.training import aligned_phantom_channels, phantom_grid
 
     seeds = list(range(first_seed, first_seed + cases))
     held_out = set(EVALUATION_SEEDS)
     if not set(seeds) <= held_out:
         raise ValueError(f"seeds {seeds[0]}…{seeds[-1]} are not all held-out evaluation seeds "
                          f"({min(held_out)}…{max(held_out)}); training seeds would flatter the models")
-    simulate = partial(simulate_liver_ct, phases=CT_MULTIPHASE_PHASES) if modality.upper() == "CT" else simulate_liver_mr
-    report: dict[str, Any] = {"modality": modality.upper(), "seeds": seeds, "targets": TARGETS, "models": {},
+    shape, grid = phantom_grid(spacing if spacing is not None else DEFAULT_SPACING)
+    simulate = (partial(simulate_liver_ct, phases=CT_MULTIPHASE_PHASES, shape=shape, spacing=grid)
+                if modality.upper() == "CT" else partial(simulate_liver_mr, shape=shape, spacing=grid))
+    report: dict[str, Any] = {"modality": modality.upper(), "seeds": seeds, "phantom_spacing_mm": list(grid),
+                              "targets": TARGETS, "models": {},
                               "intended_use": "research use only; simulated phantoms, not patients"}
     for label, weights in models.items():
         version, channels, segment = model_segmenter(weights)
@@ -122,8 +135,9 @@ def format_comparison(report: dict[str, Any]) -> str:
     headers = [f"{label} ({report['models'][label]['model']})" for label in labels]
     width = max(len(h) for h in headers) + 2
     seeds = report["seeds"]
-    lines = [(f"liver-seg on {len(seeds)} held-out {report['modality']} phantoms (seeds {seeds[0]}–{seeds[-1]}); "
-              "research use only"),
+    grid = " × ".join(f"{v:g}" for v in report["phantom_spacing_mm"])
+    lines = [(f"liver-seg on {len(seeds)} held-out {report['modality']} phantoms (seeds {seeds[0]}–{seeds[-1]}, "
+              f"{grid} mm voxels); research use only"),
              f"{'metric':<42}" + "".join(f"{h:>{width}}" for h in headers)]
     lines += [f"{name:<42}" + "".join(f"{_fmt(v):>{width}}" for v in values) for name, values in rows]
     targets = report["targets"]

@@ -499,6 +499,9 @@ def _fine_tuning_lines(manifests: Sequence[tuple[str, dict[str, Any]]]) -> list[
         crops += "crops mirrored at random along z, y and x, " if s.get("mirror") else ""
         crops += "Dice per crop, " if s.get("dice_per_crop") else ""
         optimiser = f"{crops}Adam lr {s['learning_rate']:g} with cosine decay."
+        if s.get("phantom_spacings"):
+            grids = "; ".join(" × ".join(f"{v:g}" for v in g) for g in (s["model_spacing"], *s["phantom_spacings"]))
+            optimiser += f" Its phantoms were simulated in turn on grids of {grids} mm, each resampled onto the model's."
         if start:
             lines.append(f"* `{m['model_version']}`: started from `{start['model_version']}` "
                          f"(sha256 `{start['weights_sha256'][:16]}…`) and trained {t['steps_run']} more steps with "
@@ -523,6 +526,8 @@ def reproduce_command(name: str, manifest: dict[str, Any]) -> str:
         words.append(f"--overlap {s['sliding_window_overlap']:g}")
     if tuple(s.get("model_spacing", defaults.model_spacing)) != defaults.model_spacing:
         words.append("--spacing " + " ".join(f"{v:g}" for v in s["model_spacing"]))
+    for grid in s.get("phantom_spacings", ()):
+        words.append("--phantom-spacing " + " ".join(f"{v:g}" for v in grid))
     if s.get("learning_rate", defaults.learning_rate) != defaults.learning_rate:
         words.append(f"--learning-rate {s['learning_rate']:g}")
     if s.get("crop_by_lesion"):

@@ -245,7 +245,9 @@ def first_phantom_seed(seed: int) -> int:
 
 
 def phantom_case(recipe: ModelRecipe, seed: int, settings: TrainingSettings) -> TrainingCase:
-    phantom = simulate_phantom(recipe, seed, settings.model_spacing)
+    """The training phantom of *seed*, simulated on its grid (:meth:`TrainingSettings.phantom_grid_for`)
+    and brought onto the model's."""
+    phantom = simulate_phantom(recipe, seed, settings.phantom_grid_for(seed))
     channels = aligned_phantom_channels(phantom, recipe.channels)
     return prepare_case(recipe, channels, phantom.labels, phantom.spacing, settings, f"phantom seed {seed}")
 
@@ -419,6 +421,8 @@ def train_liver_model(
     settings = replace(settings, device=training_device(settings.device).type)
     if not lw.valid_overlap(settings.sliding_window_overlap):  # refused before training, not when loaded
         raise ValueError(f"sliding-window overlap must be from 0 to under 1, not {settings.sliding_window_overlap}")
+    for grid in settings.phantom_spacings:
+        phantom_grid(grid)  # a grid it cannot simulate on is refused before training
     if settings.evaluation_cases:
         evaluation_seeds(settings.evaluation_cases)  # refuse a count it cannot evaluate before training, not after
     out_dir = Path(out_dir)
@@ -670,6 +674,10 @@ def main(argv: Sequence[str] | None = None, name: str | None = None) -> int:
     parser.add_argument("--spacing", type=float, nargs=3, default=None, metavar=("Z", "Y", "X"),
                         help=f"model grid in mm (default: {' '.join(map(str, defaults.model_spacing))}); the "
                              "training and evaluation phantoms are simulated on it")
+    parser.add_argument("--phantom-spacing", type=float, nargs=3, action="append", default=None,
+                        metavar=("Z", "Y", "X"),
+                        help="also simulate training phantoms on this grid (mm; repeatable), in turn with the "
+                             "model's, so the model learns studies of that grid resampled onto its own")
     parser.add_argument("--overlap", type=float, default=defaults.sliding_window_overlap,
                         help="overlap of the sliding windows at inference, from 0 to under 1 (default: "
                              "%(default)s); less is faster")
@@ -719,6 +727,7 @@ def main(argv: Sequence[str] | None = None, name: str | None = None) -> int:
         pool_size=args.pool_size, refresh_every=args.refresh_every, evaluation_cases=args.evaluation_cases,
         threads=args.threads, sliding_window_overlap=args.overlap,
         model_spacing=tuple(args.spacing) if args.spacing else defaults.model_spacing,
+        phantom_spacings=tuple(tuple(g) for g in args.phantom_spacing or ()),
         learning_rate=args.learning_rate, crop_by_lesion=args.crop_by_lesion, mirror=args.mirror, init_from=args.init,
         dice_per_crop=args.dice_per_crop, device=args.device,
         model_version=args.version, widths=tuple(args.widths) if args.widths else None,
