@@ -591,6 +591,20 @@ def test_a_model_of_another_spacing_is_trained_and_scored_on_phantoms_of_its_gri
     assert "* `liver-seg-ct-v1` (phantoms at 8 × 6 × 6 mm): liver Dice ≥ 0.95:" in card
 
 
+def test_a_coarser_scan_averages_each_voxel_and_keeps_the_image_noise_level():
+    from inference.liver import training
+
+    image = np.zeros((1, 64, 32, 32), np.float32)
+    image[:, 32:] = 100.0  # a step in z at 64 mm
+    noisy = image + np.random.default_rng(1).normal(0.0, 10.0, image.shape).astype(np.float32)
+    scan = training.acquired_on(noisy, (2.0, 1.0, 1.0), (8.0, 1.0, 1.0), np.random.default_rng(2))
+    assert scan.shape == (1, 16, 32, 32)
+    means = scan[0].mean(axis=(1, 2))
+    assert abs(means[:6]).max() < 3 and abs(means[-6:] - 100).max() < 3
+    assert ((means > 15) & (means < 85)).any()  # the slice across the step averages both sides
+    assert np.std(scan[0, :6]) == pytest.approx(10.0, rel=0.25)  # averaged away, then added back at 8 mm
+
+
 def test_phantoms_of_further_grids_are_simulated_in_turn_and_brought_onto_the_model_grid(tmp_path):
     from inference.liver import segmentation_card, training
 
@@ -599,14 +613,13 @@ def test_phantoms_of_further_grids_are_simulated_in_turn_and_brought_onto_the_mo
     assert [settings.phantom_grid_for(s) for s in (10, 11, 12)] == [(4.0, 3.0, 3.0), (8.0, 6.0, 6.0), (4.0, 3.0, 3.0)]
     own, coarse = training.phantom_case(recipe, 10, settings), training.phantom_case(recipe, 11, settings)
     assert own.labels.shape == coarse.labels.shape == (48, 128, 128)
-    # seed 11 is the 8 x 6 x 6 mm phantom brought onto the model grid as the pipeline brings a study
-    from inference.liver import preprocess
-
-    simulated = training.simulate_phantom(recipe, 11, (8.0, 6.0, 6.0))
-    expected = preprocess.resample(simulated.labels, simulated.spacing, (4.0, 3.0, 3.0), shape=(48, 128, 128),
-                                   interpolation="nearest")
-    assert np.count_nonzero(coarse.labels == 1) and np.array_equal(coarse.labels, expected)
+    # seed 11: its images as an 8 x 6 x 6 mm scan shows them, brought back; its labels the truth on the model grid
+    phantom = training.simulate_phantom(recipe, 11)
+    assert np.count_nonzero(coarse.labels == 1) and np.array_equal(coarse.labels, phantom.labels)
     assert np.array_equal(own.labels, training.simulate_phantom(recipe, 10).labels)
+    assert coarse.channels.shape == own.channels.shape
+    sharp = training.phantom_case(recipe, 11, training.TrainingSettings()).channels
+    assert not np.allclose(coarse.channels, sharp, atol=0.05)
 
     assert training.main(["--phantom-spacing", "8", "6", "6", "--steps", "1", "--pool-size", "2", "--refresh-every", "0",
                           "--batch-size", "1", "--evaluation-cases", "0", "--device", "cpu",

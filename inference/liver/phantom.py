@@ -1091,7 +1091,7 @@ def simulate_liver_ct(seed: int, *, shape: Sequence[int] = DEFAULT_SHAPE,
         image = renderer.render(channel)
         if motion[i].any():
             image = _shift(image, motion[i] / np.array(grid.spacing))
-        images[i] = np.clip(image + _ct_noise(rng, grid.shape, sigma), -1024.0, 3071.0)
+        images[i] = np.clip(image + ct_noise(rng, grid.shape, sigma), -1024.0, 3071.0)
     labels, lesion_labels, lesions = _truth(anatomy, grid)
     times = tuple(kinetics.phase_time(_contrast_phase(c)) for c in channels)
     return LiverPhantom(images=images, channels=channels, labels=labels, lesion_labels=lesion_labels,
@@ -1105,7 +1105,7 @@ def _contrast_phase(channel: str) -> str:
     return "portal" if channel == "ct" else channel
 
 
-def _ct_noise(rng: np.random.Generator, shape: Sequence[int], sigma: float) -> np.ndarray:
+def ct_noise(rng: np.random.Generator, shape: Sequence[int], sigma: float) -> np.ndarray:
     """CT noise of standard deviation *sigma* HU, correlated between neighbouring pixels in-plane
     (the reconstruction kernel)."""
     noise = rng.standard_normal(tuple(shape), dtype=np.float32)

@@ -224,15 +224,45 @@ def aligned_phantom_channels(phantom: Any, channels: Sequence[str]) -> np.ndarra
     return align_channels(images[picked], motion[picked], phantom.spacing)
 
 
+def acquired_on(channels: np.ndarray, spacing: Sequence[float], grid: Sequence[float],
+                rng: np.random.Generator) -> np.ndarray:
+    """*channels* (``[P, z, y, x]`` of voxel size *spacing*) as a scan of voxel size *grid* shows them.
+
+    Each of the scan's voxels averages what lies in it (a Gaussian profile whose full width at
+    half maximum is the voxel, less the detail the image already lacks), which also averages the
+    image noise away; noise of the image's own level (robust estimate of what the smoothing took
+    out), correlated in-plane as a CT kernel correlates it, is then added at the scan's voxel size.
+    Training reads such a scan brought back onto the model grid against the truth on that grid,
+    so a coarse study's blur and noise texture are learnt without coarse, misplaced labels.
+    """
+    from inference.liver import phantom as ph
+
+    fine = np.asarray(spacing, np.float64)
+    coarse = np.asarray(grid, np.float64)
+    variance = np.maximum(coarse**2 - fine**2, 0.0) / (8 * math.log(2))  # FWHM² / (8 ln 2), mm²
+    shape = tuple(max(1, round(n * f / c)) for n, f, c in zip(channels.shape[1:], fine, coarse, strict=True))
+    out = np.empty((len(channels), *shape), np.float32)
+    for p, channel in enumerate(np.asarray(channels, np.float32)):
+        image = sitk.GetImageFromArray(np.ascontiguousarray(channel))
+        image.SetSpacing(tuple(float(v) for v in reversed(fine)))
+        smoothed = sitk.GetArrayFromImage(sitk.DiscreteGaussian(image, [float(v) for v in reversed(variance)]))
+        residual = channel - smoothed
+        sigma = 1.4826 * float(np.median(np.abs(residual - np.median(residual))))
+        scan = preprocess.resample(smoothed, fine, coarse, shape=shape, interpolation="linear")
+        out[p] = scan + ph.ct_noise(rng, shape, sigma)
+    return out
+
+
 def prepare_case(
     recipe: ModelRecipe, channels: np.ndarray, labels: np.ndarray, spacing: Sequence[float],
-    settings: TrainingSettings, source: str,
+    settings: TrainingSettings, source: str, label_spacing: Sequence[float] | None = None,
 ) -> TrainingCase:
-    """Normalise and resample one case onto the model grid (labels by nearest neighbour)."""
+    """Normalise and resample one case onto the model grid (labels, of *label_spacing* when not
+    *spacing*, by nearest neighbour)."""
     spec = preprocess.default_normalisation(recipe.modality)
     normalised = preprocess.normalise(channels, spec)
     on_grid = preprocess.to_model_grid(normalised, spacing, settings.model_spacing)
-    label_grid = preprocess.resample(np.asarray(labels, np.uint8), spacing, settings.model_spacing,
+    label_grid = preprocess.resample(np.asarray(labels, np.uint8), label_spacing or spacing, settings.model_spacing,
                                      shape=on_grid.shape[1:], interpolation="nearest")
     return TrainingCase(source, np.ascontiguousarray(on_grid, dtype=np.float32), label_grid.astype(np.uint8))
 
@@ -245,11 +275,18 @@ def first_phantom_seed(seed: int) -> int:
 
 
 def phantom_case(recipe: ModelRecipe, seed: int, settings: TrainingSettings) -> TrainingCase:
-    """The training phantom of *seed*, simulated on its grid (:meth:`TrainingSettings.phantom_grid_for`)
-    and brought onto the model's."""
-    phantom = simulate_phantom(recipe, seed, settings.phantom_grid_for(seed))
+    """The training phantom of *seed*, simulated on the model's grid; on a further grid of
+    :attr:`TrainingSettings.phantom_spacings` (:meth:`~TrainingSettings.phantom_grid_for`) its images
+    are as a scan of that grid shows them (:func:`acquired_on`), brought back onto the model's, and
+    its labels stay the truth on the model's grid."""
+    phantom = simulate_phantom(recipe, seed, settings.model_spacing)
     channels = aligned_phantom_channels(phantom, recipe.channels)
-    return prepare_case(recipe, channels, phantom.labels, phantom.spacing, settings, f"phantom seed {seed}")
+    grid = tuple(float(v) for v in settings.phantom_grid_for(seed))
+    if grid == tuple(float(v) for v in phantom.spacing):
+        return prepare_case(recipe, channels, phantom.labels, phantom.spacing, settings, f"phantom seed {seed}")
+    scan = acquired_on(channels, phantom.spacing, grid, np.random.default_rng(seed))
+    return prepare_case(recipe, scan, phantom.labels, grid, settings, f"phantom seed {seed} as a {grid} mm scan",
+                        label_spacing=phantom.spacing)
 
 
 # --------------------------------------------------------------------------- site studies
