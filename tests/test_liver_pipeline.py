@@ -29,9 +29,10 @@ from inference.liver.pipeline import (
     SERIES,
     LiverOptions,
     LiverSegmentationPipeline,
+    multiphase_ct_model_for,
     prepare_study,
 )
-from inference.liver.weights import default_weights
+from inference.liver.weights import default_weights, read_manifest
 from tests.dicom_factories import make_ct_datasets, make_mr_datasets, write_series
 from tests.dicom_validate import assert_valid_dicom
 
@@ -41,6 +42,7 @@ SC_CLASS = "1.2.840.10008.5.1.4.1.1.7"
 MR_WEIGHTS = default_weights("mr")
 CT_WEIGHTS = default_weights("ct")
 CT_MULTIPHASE_WEIGHTS = default_weights("ct-multiphase")
+CT_MULTIPHASE_FINE_WEIGHTS = default_weights("ct-multiphase-fine")
 
 
 def _tm(seconds: float) -> str:
@@ -356,6 +358,35 @@ def test_a_multiphase_ct_goes_to_the_multiphase_model_with_its_phases_registered
     assert single.inputs.phases["ct"].series.description == "Abdomen PV 3.0 Br40"
     with pytest.raises(PipelineInputError, match="ct_method 'both'"):
         LiverOptions.from_options({"ct_method": "both"})
+
+
+def test_a_multiphase_ct_of_fine_pixels_and_slices_up_to_5_mm_goes_to_the_fine_grid_model():
+    fine_grid = (2.0, 1.5, 1.5)
+    assert tuple(read_manifest(CT_MULTIPHASE_FINE_WEIGHTS)["input"]["spacing_zyx_mm"]) == fine_grid
+    for spacing in (fine_grid, (2.05, 1.52, 1.52), (1.25, 0.7, 0.7), (2.5, 0.8, 0.8), (5.0, 0.7, 0.7)):
+        assert multiphase_ct_model_for(spacing) == CT_MULTIPHASE_FINE_WEIGHTS, spacing
+    # coarser pixels, or slices over 5 mm: brought up to the fine grid the study would be misread
+    for spacing in ((4.0, 3.0, 3.0), (2.0, 1.5, 2.0), (2.0, 1.6, 1.6), (6.0, 0.7, 0.7)):
+        assert multiphase_ct_model_for(spacing) == CT_MULTIPHASE_WEIGHTS, spacing
+
+
+@_needs(CT_MULTIPHASE_FINE_WEIGHTS)
+def test_a_fine_multiphase_ct_is_segmented_by_the_fine_grid_model_unless_the_site_names_one(tmp_path):
+    from inference.liver.training import phantom_grid
+
+    shape, spacing = phantom_grid((2.0, 1.5, 1.5))
+    phantom = simulate_liver_ct(6, n_lesions=2, phases=CT_MULTIPHASE_PHASES, shape=shape, spacing=spacing)
+    study = _study_input(Path(write_liver_ct_study(phantom, tmp_path / "fine", seed=6)))
+    assert prepare_study(study, LiverOptions.from_options({})).weights == CT_MULTIPHASE_FINE_WEIGHTS
+    assert prepare_study(study, LiverOptions.from_options(
+        {"ct_weights": str(CT_MULTIPHASE_WEIGHTS)})).weights == CT_MULTIPHASE_WEIGHTS
+    outputs = LiverSegmentationPipeline().run(study, {"overlay": False})
+    _check_seg_and_sr(outputs, _series_described(study, " PV "), phantom.labels, overlay=False)
+    [seg] = _by_class(outputs, SEG_CLASS)
+    used = {p for segment in seg.SegmentSequence
+            for algorithm in segment.SegmentationAlgorithmIdentificationSequence
+            for p in str(algorithm.get("AlgorithmParameters", "")).split(",")}
+    assert f"model={CT_MULTIPHASE_FINE_WEIGHTS.stem}" in used, used
 
 
 def test_a_single_phase_ct_goes_to_the_portal_venous_model_unless_the_multiphase_one_is_required(tmp_path):

@@ -8,12 +8,12 @@ spacing, segmented by the 4D fused U-Net (3D CNN encoder per phase, ConvLSTM
 over the phases) with sliding windows, brought back onto the portal grid and
 post-processed (one liver, tumours inside it, one lesion per component).
 CT: a multi-phase liver CT (arterial and portal venous series) is read and
-co-registered the same way and segmented by an ensemble of two networks that
-take both phases (a 3D U-Net reading them as channels and the fused U-Net
-reading them as a sequence; :mod:`inference.liver.ensemble` averages their
-probabilities); a CT with one contrast phase only by the 3D U-Net on its
-portal venous series. A route's ``weights``/``ct_weights`` may name a model's
-manifest or an ensemble's.
+co-registered the same way and segmented by a 3D U-Net reading both phases as
+channels: the one trained on a 2 × 1.5 × 1.5 mm grid for a study of pixels
+that fine and slices up to 5 mm, else the one on 4 × 3 × 3 mm
+(:func:`multiphase_ct_model_for`); a CT with one contrast phase only by the 3D
+U-Net on its portal venous series. A route's ``weights``/``ct_weights`` may
+name a model's manifest or an ensemble's (:mod:`inference.liver.ensemble`).
 
 Out: a SEG on the reference series (the liver, all tumours, one segment per
 lesion), a TID 1500 SR with the liver volume, the total tumour volume and
@@ -93,6 +93,16 @@ TUMOUR_BURDEN = Code("PN-0101", PRIVATE_SCHEME, "Liver tumour burden")
 PERCENT = codes.UCUM.Percent
 #: The phase whose grid the others are registered onto and the SEG is written on.
 REFERENCE_PHASE = "portal"
+#: Committed multi-phase CT models on grids finer than the default's, finest first (keys of
+#: inference.liver.weights.DEFAULT_MODELS). A study whose grid is within :data:`GRID_SLACK_ZYX` of
+#: one's gets it; a coarser study, brought up to that grid, is misread (liver-seg-ct-multiphase-v13
+#: marks dozens of false lesions on 4 × 3 × 3 mm studies), so it goes to the default, coarse-grid model.
+FINER_CT_MULTIPHASE_MODELS = ("ct-multiphase-fine",)
+#: How many times coarser than a finer model's grid a study may be along z, y and x. In-plane only
+#: the headers' rounding: v13 fails on 3 mm pixels. Along z, 2.5: on phantoms of 5 mm slices and
+#: 0.8 mm pixels v13 still scores above v9 (model card), and brought up to 2 mm each slice is
+#: interpolated between neighbours, not made of noise blobs as an upsampled 3 mm pixel is.
+GRID_SLACK_ZYX = (2.5, 1.05, 1.05)
 
 
 @dataclass(frozen=True)
@@ -191,6 +201,30 @@ def choose_ct_inputs(facts: Sequence[SeriesFacts], options: LiverOptions) -> tup
         return weights, identify_ct_inputs(facts, rules, channels)
     log.info("liver CT read as a single phase", extra={"why": problem})
     return weights_path("CT", options), identify_ct_inputs(facts, rules)
+
+
+def model_grid(path: Path) -> tuple[float, ...] | None:
+    """The model's grid (mm, zyx) from its manifest; None when the manifest cannot say."""
+    from inference.liver.ensemble import read_model_manifest
+    from inference.liver.weights import LiverModelError
+
+    try:
+        return tuple(float(v) for v in read_model_manifest(path)["input"]["spacing_zyx_mm"])
+    except (LiverModelError, KeyError, TypeError, ValueError):
+        return None
+
+
+def multiphase_ct_model_for(spacing: Sequence[float]) -> Path:
+    """The committed multi-phase CT model for a study of voxel size *spacing* (mm, zyx): the first of
+    :data:`FINER_CT_MULTIPHASE_MODELS` whose grid it is within :data:`GRID_SLACK_ZYX` of, else the default."""
+    from inference.liver.weights import default_weights
+
+    for name in FINER_CT_MULTIPHASE_MODELS:
+        path = default_weights(name)
+        grid = model_grid(path)
+        if grid is not None and all(s <= g * slack for s, g, slack in zip(spacing, grid, GRID_SLACK_ZYX, strict=True)):
+            return path
+    return default_weights("ct-multiphase")
 
 
 def load_segmenter(path: Path, modality: str):  # type: ignore[no-untyped-def]
@@ -320,8 +354,12 @@ def prepare_study(study: StudyInput, settings: LiverOptions) -> PreparedStudy:
     """Identify the phases (or CT series) the model needs, read them and co-register them.
 
     Everything that can be wrong with the study itself fails here, before the
-    model is loaded, with a :class:`PipelineInputError` naming the problem.
+    model is loaded, with a :class:`PipelineInputError` naming the problem. A
+    multi-phase CT without a site's model gets the committed model for its
+    grid (:func:`multiphase_ct_model_for`).
     """
+    from inference.liver.weights import default_weights
+
     facts = [read_series_facts(s) for s in study.series if s.paths]
     modality = choose_modality(facts, settings.rules, settings.modality)
     if modality == "CT":
@@ -337,7 +375,10 @@ def prepare_study(study: StudyInput, settings: LiverOptions) -> PreparedStudy:
         return PreparedStudy(modality, inputs, name, volume, np.asarray(volume.array, np.float32)[np.newaxis],
                              (name,), {}, weights)
     registered = register_onto_reference(volumes, settings)
-    return PreparedStudy(modality, inputs, registered.reference, volumes[registered.reference], registered.array,
+    reference = volumes[registered.reference]
+    if modality == "CT" and settings.ct_weights is None and weights == default_weights("ct-multiphase"):
+        weights = multiphase_ct_model_for(reference.spacing)
+    return PreparedStudy(modality, inputs, registered.reference, reference, registered.array,
                          registered.names, dict(registered.registrations), weights)
 
 

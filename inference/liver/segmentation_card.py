@@ -273,7 +273,7 @@ def _target_lines(manifests: Sequence[tuple[str, dict[str, Any]]]) -> list[str]:
         "    their ensemble: 0.824 / pooled 0.892 / 0.905 on seeds 0–19 and 0.768 / 0.912 / 0.861",
         "    on the confirmation seeds, against 0.826 / 0.886 / 0.905 and 0.785 / 0.912 / 0.889 for",
         "    v2. They were not kept.",
-        "  * `liver-seg-ct-multiphase-v9`, the pipeline's multi-phase CT model, is U-Net v7 trained",
+        "  * `liver-seg-ct-multiphase-v9`, the pipeline's multi-phase CT model for coarse studies, is U-Net v7 trained",
         "    16000 more steps on new phantoms with each crop mirrored at random along z, y and x",
         "    (`--mirror`, `--seed 8`), and is run on the study and its three mirrored copies, the",
         "    probabilities averaged (test-time mirroring; the manifest's `inference.mirroring`).",
@@ -403,7 +403,7 @@ def _target_lines(manifests: Sequence[tuple[str, dict[str, Any]]]) -> list[str]:
         "    it swings both ways (seed 7 0.49 → 0.88, seed 0 0.80 → 0.49): the network learnt the",
         "    model grid's noise and partial volume from phantoms rendered on it, so a test of",
         "    antialiasing needs models trained on finer phantoms brought down the same way.",
-        "  * A finer grid: `liver-seg-ct-multiphase-v13` (not the pipeline's model, see the end). It is",
+        "  * A finer grid: `liver-seg-ct-multiphase-v13` (the pipeline's for fine studies, see the end). It is",
         "    U-Net v9 trained 8000 more steps on phantoms simulated at 2 × 1.5 × 1.5 mm (`--spacing 2",
         "    1.5 1.5`: 96 × 256 × 256 voxels over the same field of view, the noise per voxel",
         "    unchanged; `--seed 17`, lr 0.001, lesion-balanced crops, no mirroring, `--refresh-every",
@@ -424,14 +424,30 @@ def _target_lines(manifests: Sequence[tuple[str, dict[str, Any]]]) -> list[str]:
         "    two-phase CT to 43.1 s against 33.7 s for v9 in the same run (1.3×; 66.0 s, over the",
         "    60 s target, at 0.5). The case-mean tumour target is still not met (seed 16's two",
         "    lesions show in no phase: ceiling 0.888 on seeds 0–19); the ≥ 10 mm sensitivity and",
-        "    the liver targets are. It is not the pipeline's model because it fails on a study",
-        "    coarser than its grid, brought up to it: on the 4 × 3 × 3 mm phantoms of seeds 0–3 it",
-        "    marks 17, 54, 12 and 13 false lesions and scores tumour Dice 0.16, 0.43 and 0.03 (v9:",
-        "    0.68, 0.87, 0.82; stopped there). A CT of 5 mm slices is coarser than its grid along z",
-        "    (not measured). A site whose studies are at least as fine names it in a route",
-        "    (`ct_weights`); choosing the",
-        "    model by the study's grid, or training on coarse studies brought up to the fine grid,",
-        "    would let the pipeline use it. The MR and portal-venous CT models are on the coarse grid.",
+        "    the liver targets are. It fails on a study of coarser pixels, brought up to its grid:",
+        "    on the 4 × 3 × 3 mm phantoms of seeds 0–3 it marks 17, 54, 12 and 13 false lesions and",
+        "    scores tumour Dice 0.16, 0.43 and 0.03 (v9: 0.68, 0.87, 0.82; stopped there). Thicker",
+        "    slices it reads well (2026-12-07, `pacsnode evaluate liver-seg --modality ct --cases 10",
+        "    --spacing Z 0.8 0.8 --model …-v13.json --compare …-v9.json`, phases registered as in the",
+        "    pipeline; tumour Dice / pooled / sensitivity ≥ 10 mm / false positives per case / liver",
+        "    Dice): on 2.5 × 0.8 × 0.8 mm phantoms, seeds 0–9, v13 0.866 / 0.915 / 0.950 (of 20) / 0 /",
+        "    0.986 against v9 0.742 / 0.878 / 0.950 / 0 / 0.980; on 5 × 0.8 × 0.8 mm, seeds 0–9, v13",
+        "    0.783 / 0.814 / 0.895 (of 19) / 0.1 / 0.975 against v9 0.699 / 0.828 / 0.842 / 0.1 /",
+        "    0.980. So the pipeline gives a multi-phase CT of pixels up to 1.5 mm (5 % for rounding)",
+        "    and slices up to 5 mm to v13, and any other to v9 (`FINER_CT_MULTIPHASE_MODELS` in",
+        "    `inference/liver/pipeline.py`); a route's `ct_weights` overrides it. The MR and",
+        "    portal-venous CT models are on the coarse grid.",
+        "  * Training v13 further on scans of coarser grids was tried and not kept",
+        "    (`--phantom-spacing 4 3 3 --phantom-spacing 2 1.5 1.5 --phantom-spacing 5 0.8 0.8`: one",
+        "    phantom in four as a 4 × 3 × 3 mm scan and one as a 5 × 0.8 × 0.8 mm scan of the",
+        "    model-grid phantom, each voxel averaged and the noise restored, labels the model grid's",
+        "    truth; 6000 steps from v13, `--seed 18`, lr 0.001, lesion-balanced crops, 2 threads,",
+        "    2026-12-07). On its own grid's seeds 0–19 it marked 3.25 false lesions per case",
+        "    against v13's 0.25: tumour Dice 0.724 / pooled 0.852 / sensitivity ≥ 10 mm 0.951. A",
+        "    first try that simulated the phantoms on the coarse grids and brought their labels up",
+        "    (the simulator places lesions by grid, so those labels are blocks that match neither",
+        "    image nor truth) marked 8.5 per case on the 4 × 3 × 3 mm phantoms of seeds 0–3 and 4.95",
+        "    on the fine ones of seeds 0–19.",
     ]
     return lines
 
@@ -625,8 +641,11 @@ def model_card(manifests: Sequence[tuple[str, dict[str, Any]]],
                      f"{m['training']['parameters']:,} | `{m['weights_sha256'][:16]}…` |")
     if len(manifests) > len(MODEL_RECIPES):
         defaults = ", ".join(f"`{v}`" for v in lw.DEFAULT_MODELS.values())
-        lines += ["", f"The pipeline uses {defaults} unless a route names other weights; the earlier versions",
-                  "stay because each later one was trained starting from them (see Reproduce)."]
+        fine, coarse = lw.DEFAULT_MODELS["ct-multiphase-fine"], lw.DEFAULT_MODELS["ct-multiphase"]
+        lines += ["", f"The pipeline uses {defaults} unless a route names other weights (of the multi-phase CT",
+                  f"models, `{fine}` for a study of pixels no coarser than its grid's and slices up to 2.5 times",
+                  f"its grid's, `{coarse}` otherwise; see the end); the earlier versions stay because each later",
+                  "one was trained starting from them (see Reproduce)."]
     first = manifests[0][1] if manifests else None
     if first:
         s = first["training"]["settings"]
