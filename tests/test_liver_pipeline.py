@@ -360,13 +360,13 @@ def test_a_multiphase_ct_goes_to_the_multiphase_model_with_its_phases_registered
         LiverOptions.from_options({"ct_method": "both"})
 
 
-def test_a_multiphase_ct_of_fine_pixels_and_slices_up_to_5_mm_goes_to_the_fine_grid_model():
+def test_a_multiphase_ct_of_fine_pixels_and_slices_up_to_2_5_mm_goes_to_the_fine_grid_model():
     fine_grid = (2.0, 1.5, 1.5)
     assert tuple(read_manifest(CT_MULTIPHASE_FINE_WEIGHTS)["input"]["spacing_zyx_mm"]) == fine_grid
-    for spacing in (fine_grid, (2.05, 1.52, 1.52), (1.25, 0.7, 0.7), (2.5, 0.8, 0.8), (5.0, 0.7, 0.7)):
+    for spacing in (fine_grid, (2.05, 1.52, 1.52), (1.25, 0.7, 0.7), (2.5, 0.8, 0.8), (0.625, 0.5, 0.5)):
         assert multiphase_ct_model_for(spacing) == CT_MULTIPHASE_FINE_WEIGHTS, spacing
-    # coarser pixels, or slices over 5 mm: brought up to the fine grid the study would be misread
-    for spacing in ((4.0, 3.0, 3.0), (2.0, 1.5, 2.0), (2.0, 1.6, 1.6), (6.0, 0.7, 0.7)):
+    # coarser pixels, or slices over 2.5 mm: brought up to the fine grid the study would be misread
+    for spacing in ((4.0, 3.0, 3.0), (2.0, 1.5, 2.0), (2.0, 1.6, 1.6), (3.0, 0.7, 0.7), (5.0, 0.7, 0.7)):
         assert multiphase_ct_model_for(spacing) == CT_MULTIPHASE_WEIGHTS, spacing
 
 

@@ -10,7 +10,7 @@ post-processed (one liver, tumours inside it, one lesion per component).
 CT: a multi-phase liver CT (arterial and portal venous series) is read and
 co-registered the same way and segmented by a 3D U-Net reading both phases as
 channels: the one trained on a 2 × 1.5 × 1.5 mm grid for a study of pixels
-that fine and slices up to 5 mm, else the one on 4 × 3 × 3 mm
+that fine and slices up to 2.5 mm, else the one on 4 × 3 × 3 mm
 (:func:`multiphase_ct_model_for`); a CT with one contrast phase only by the 3D
 U-Net on its portal venous series. A route's ``weights``/``ct_weights`` may
 name a model's manifest or an ensemble's (:mod:`inference.liver.ensemble`).
@@ -98,11 +98,11 @@ REFERENCE_PHASE = "portal"
 #: one's gets it; a coarser study, brought up to that grid, is misread (liver-seg-ct-multiphase-v13
 #: marks dozens of false lesions on 4 × 3 × 3 mm studies), so it goes to the default, coarse-grid model.
 FINER_CT_MULTIPHASE_MODELS = ("ct-multiphase-fine",)
-#: How many times coarser than a finer model's grid a study may be along z, y and x. In-plane only
-#: the headers' rounding: v13 fails on 3 mm pixels. Along z, 2.5: on phantoms of 5 mm slices and
-#: 0.8 mm pixels v13 still scores above v9 (model card), and brought up to 2 mm each slice is
-#: interpolated between neighbours, not made of noise blobs as an upsampled 3 mm pixel is.
-GRID_SLACK_ZYX = (2.5, 1.05, 1.05)
+#: How many times coarser than a finer model's grid a study may be along z, y and x: in-plane only
+#: the headers' rounding (v13 fails on 3 mm pixels); along z, 2.5 mm slices for v13's 2 mm, where
+#: it reads phantoms of 0.8 mm pixels far better than v9, while on 5 mm slices it marks false
+#: lesions v9 does not (model card).
+GRID_SLACK_ZYX = (1.25, 1.05, 1.05)
 
 
 @dataclass(frozen=True)
