@@ -91,10 +91,11 @@ class TrainingSettings:
     #: which a finer model grid needs to stay within the CPU time target.
     sliding_window_overlap: float = 0.5
     model_spacing: tuple[float, float, float] = (4.0, 3.0, 3.0)
-    #: Further grids (mm, zyx) the training phantoms are simulated on, in turn with the model's own
-    #: (phantom seed *k* on grid *k* mod the number of grids), then resampled onto the model's grid as
-    #: the pipeline resamples a study: a model that only ever saw its own grid can misread a study of
-    #: another (liver-seg-ct-multiphase-v13 marked dozens of false lesions on 4 × 3 × 3 mm studies).
+    #: Further grids (mm, zyx) of scans the training phantoms are shown as, in turn with the model's own
+    #: (phantom seed *k* on grid *k* mod the number of grids; see training.acquired_on), brought back
+    #: onto the model's grid as the pipeline brings a study: a model that only ever saw its own grid can
+    #: misread a study of another (liver-seg-ct-multiphase-v13 marks dozens of false lesions on
+    #: 4 × 3 × 3 mm studies).
     phantom_spacings: tuple[tuple[float, float, float], ...] = ()
     learning_rate: float = 3e-3
     pool_size: int = 16

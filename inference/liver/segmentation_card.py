@@ -521,7 +521,7 @@ def _fine_tuning_lines(manifests: Sequence[tuple[str, dict[str, Any]]]) -> list[
         optimiser = f"{crops}Adam lr {s['learning_rate']:g} with cosine decay."
         if s.get("phantom_spacings"):
             grids = "; ".join(" × ".join(f"{v:g}" for v in g) for g in (s["model_spacing"], *s["phantom_spacings"]))
-            optimiser += f" Its phantoms were simulated in turn on grids of {grids} mm, each resampled onto the model's."
+            optimiser += f" Its phantoms were shown in turn as scans of {grids} mm, each brought onto the model's grid."
         if start:
             lines.append(f"* `{m['model_version']}`: started from `{start['model_version']}` "
                          f"(sha256 `{start['weights_sha256'][:16]}…`) and trained {t['steps_run']} more steps with "

@@ -231,7 +231,8 @@ def acquired_on(channels: np.ndarray, spacing: Sequence[float], grid: Sequence[f
     Each of the scan's voxels averages what lies in it (a Gaussian profile whose full width at
     half maximum is the voxel, less the detail the image already lacks), which also averages the
     image noise away; noise of the image's own level (robust estimate of what the smoothing took
-    out), correlated in-plane as a CT kernel correlates it, is then added at the scan's voxel size.
+    out), correlated in-plane as a CT kernel correlates it (for MR too), is then added at the scan's
+    voxel size.
     Training reads such a scan brought back onto the model grid against the truth on that grid,
     so a coarse study's blur and noise texture are learnt without coarse, misplaced labels.
     """
@@ -713,8 +714,8 @@ def main(argv: Sequence[str] | None = None, name: str | None = None) -> int:
                              "training and evaluation phantoms are simulated on it")
     parser.add_argument("--phantom-spacing", type=float, nargs=3, action="append", default=None,
                         metavar=("Z", "Y", "X"),
-                        help="also simulate training phantoms on this grid (mm; repeatable), in turn with the "
-                             "model's, so the model learns studies of that grid resampled onto its own")
+                        help="also train on phantoms as a scan of this grid (mm; repeatable) shows them, in turn "
+                             "with the model's grid, so the model learns studies of that grid brought onto its own")
     parser.add_argument("--overlap", type=float, default=defaults.sliding_window_overlap,
                         help="overlap of the sliding windows at inference, from 0 to under 1 (default: "
                              "%(default)s); less is faster")
