@@ -29,10 +29,10 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 from pydicom import dcmread
@@ -80,6 +80,7 @@ from inference.liver.phases import (
 from inference.liver.postprocess import MIN_LESION_VOLUME_ML
 
 log = logging.getLogger("pacsnode.liver")
+T = TypeVar("T")
 
 #: Output series numbers: deterministic, so a radiologist finds them in the same place every time.
 SERIES = {"SEG": 9110, "SR": 9111, "overlay": 9120}
@@ -167,16 +168,22 @@ def weights_path(modality: str, options: LiverOptions) -> Path:
     return options.weights or default_weights(METHODS[options.method])
 
 
-def _model_channels(path: Path, fallback: tuple[str, ...]) -> tuple[str, ...]:
-    """The phases the model reads, from its manifest; *fallback* when the manifest cannot be read
-    (loading the model reports that problem later, after the study itself has been checked)."""
+def _manifest_input(path: Path, field: str, convert: Callable[[Any], T]) -> T | None:
+    """The ``input`` *field* of the model's manifest, through *convert*; None when the manifest cannot be
+    read or say (loading the model reports that problem later, after the study itself has been checked)."""
     from inference.liver.ensemble import read_model_manifest
     from inference.liver.weights import LiverModelError
 
     try:
-        return tuple(str(c) for c in read_model_manifest(path)["input"]["channels"])
-    except (LiverModelError, KeyError, TypeError):
-        return fallback
+        return convert(read_model_manifest(path)["input"][field])
+    except (LiverModelError, KeyError, TypeError, ValueError):
+        return None
+
+
+def _model_channels(path: Path, fallback: tuple[str, ...]) -> tuple[str, ...]:
+    """The phases the model reads, from its manifest; *fallback* when the manifest cannot say."""
+    channels = _manifest_input(path, "channels", lambda value: tuple(str(c) for c in value))
+    return fallback if channels is None else channels
 
 
 def choose_ct_inputs(facts: Sequence[SeriesFacts], options: LiverOptions) -> tuple[Path, LiverStudyInputs]:
@@ -203,17 +210,6 @@ def choose_ct_inputs(facts: Sequence[SeriesFacts], options: LiverOptions) -> tup
     return weights_path("CT", options), identify_ct_inputs(facts, rules)
 
 
-def model_grid(path: Path) -> tuple[float, ...] | None:
-    """The model's grid (mm, zyx) from its manifest; None when the manifest cannot say."""
-    from inference.liver.ensemble import read_model_manifest
-    from inference.liver.weights import LiverModelError
-
-    try:
-        return tuple(float(v) for v in read_model_manifest(path)["input"]["spacing_zyx_mm"])
-    except (LiverModelError, KeyError, TypeError, ValueError):
-        return None
-
-
 def multiphase_ct_model_for(spacing: Sequence[float]) -> Path:
     """The committed multi-phase CT model for a study of voxel size *spacing* (mm, zyx): the first of
     :data:`FINER_CT_MULTIPHASE_MODELS` whose grid it is within :data:`GRID_SLACK_ZYX` of, else the default."""
@@ -221,7 +217,7 @@ def multiphase_ct_model_for(spacing: Sequence[float]) -> Path:
 
     for name in FINER_CT_MULTIPHASE_MODELS:
         path = default_weights(name)
-        grid = model_grid(path)
+        grid = _manifest_input(path, "spacing_zyx_mm", lambda value: tuple(float(v) for v in value))
         if grid is not None and all(s <= g * slack for s, g, slack in zip(spacing, grid, GRID_SLACK_ZYX, strict=True)):
             return path
     return default_weights("ct-multiphase")
