@@ -555,11 +555,14 @@ def evaluate_liver_cls(ctx: click.Context) -> None:
 @click.option("--seed", "first_seed", default=0, show_default=True, type=int,
               help="Seed of the first phantom; the others follow. Training seeds are refused.")
 @click.option("--model", "model_path", default=None, type=click.Path(exists=True, dir_okay=False, path_type=Path),
-              help="Manifest of the model to score (default: the committed one for --modality).")
+              help="Manifest of the model to score (default: the committed one the pipeline would run on a "
+                   "study of the phantoms' grid).")
 @click.option("--baseline", "baseline_path", default=None,
               type=click.Path(exists=True, dir_okay=False, path_type=Path),
               help="Manifest of the single-phase model it is compared with (MR: the portal-phase baseline; "
                    "CT: the portal-venous model; default: the committed one).")
+@click.option("--no-baseline", is_flag=True,
+              help="Score only the model (and any --compare), not the single-phase one beside it.")
 @click.option("--compare", "compared", multiple=True,
               type=click.Path(exists=True, dir_okay=False, path_type=Path),
               help="Manifest of a further model scored beside them, labelled by its version (repeatable).")
@@ -568,20 +571,27 @@ def evaluate_liver_cls(ctx: click.Context) -> None:
                    "resamples them onto its own grid, as it would a study of that protocol.")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 def evaluate_liver_seg(modality: str, cases: int, first_seed: int, model_path: Path | None,
-                       baseline_path: Path | None, compared: tuple[Path, ...],
+                       baseline_path: Path | None, no_baseline: bool, compared: tuple[Path, ...],
                        spacing: tuple[float, float, float] | None, as_json: bool) -> None:
     """Liver/tumour Dice, IoU, HD95, precision, recall and lesion detection on held-out phantoms
-    (MR: the 4D model beside the single-phase baseline; CT: the multi-phase model beside the
-    portal-venous one; ``--compare`` adds others)."""
+    (MR: the 4D model beside the single-phase baseline; CT: the multi-phase model the pipeline
+    picks for the phantoms' grid beside the portal-venous one; ``--compare`` adds others)."""
     from inference.liver.comparison import compare_models, format_comparison
+    from inference.liver.phantom import DEFAULT_SPACING
+    from inference.liver.pipeline import multiphase_ct_model_for
     from inference.liver.weights import LiverModelError, default_weights
 
+    if no_baseline and baseline_path is not None:
+        raise click.UsageError("--baseline and --no-baseline contradict each other; give one")
     if modality == "mr":
-        models: dict[str, str | Path] = {"4D fused U-Net": model_path or default_weights("mr"),
-                                         "single-phase baseline": baseline_path or default_weights("mr-baseline")}
+        models: dict[str, str | Path] = {"4D fused U-Net": model_path or default_weights("mr")}
+        baseline: tuple[str, Path] = ("single-phase baseline", baseline_path or default_weights("mr-baseline"))
     else:
-        models = {"multi-phase CT model": model_path or default_weights("ct-multiphase"),
-                  "portal-venous CT U-Net": baseline_path or default_weights("ct")}
+        grid = spacing if spacing is not None else DEFAULT_SPACING
+        models = {"multi-phase CT model": model_path or multiphase_ct_model_for(grid)}
+        baseline = ("portal-venous CT U-Net", baseline_path or default_weights("ct"))
+    if not no_baseline:
+        models[baseline[0]] = baseline[1]
     models.update({path.stem: path for path in compared})
     try:
         report = compare_models(modality, cases, first_seed, models,

@@ -599,9 +599,30 @@ def test_evaluate_command_scores_models_on_phantoms_of_another_grid_with_further
     report = json.loads(result.output)
     assert report["phantom_spacing_mm"] == [8.0, 6.0, 6.0]
     assert list(report["models"]) == ["multi-phase CT model", "portal-venous CT U-Net", CT_WEIGHTS.stem]
+    assert report["models"]["multi-phase CT model"]["model"] == CT_MULTIPHASE_WEIGHTS.stem  # coarse: v9's
     counts = {entry["summary"]["lesions"]["count"] for entry in report["models"].values()}
     assert len(counts) == 1  # one phantom, scored on its own grid, for all three
     assert report["models"][CT_WEIGHTS.stem]["summary"] == report["models"]["portal-venous CT U-Net"]["summary"]
     assert "(seeds 17–17, 8 × 6 × 6 mm voxels)" in format_comparison(report)
     refused = CliRunner().invoke(main, ["evaluate", "liver-seg", "--modality", "ct", "--spacing", "0", "6", "6"])
     assert refused.exit_code != 0 and "three positive" in refused.output
+
+
+@_needs(CT_MULTIPHASE_FINE_WEIGHTS)
+def test_evaluate_command_scores_the_model_the_pipeline_picks_for_the_grid_and_can_leave_the_baseline_out():
+    import json
+
+    from click.testing import CliRunner
+
+    from node.cli import main
+
+    result = CliRunner().invoke(main, ["evaluate", "liver-seg", "--modality", "ct", "--cases", "1", "--seed", "17",
+                                       "--spacing", "2", "1.5", "1.5", "--no-baseline", "--json"])
+    assert result.exit_code == 0, result.output
+    models = json.loads(result.output)["models"]
+    assert list(models) == ["multi-phase CT model"]  # no portal-venous column
+    assert models["multi-phase CT model"]["model"] == CT_MULTIPHASE_FINE_WEIGHTS.stem
+    assert models["multi-phase CT model"]["summary"]["liver"]["dice"] >= 0.9
+    contradictory = CliRunner().invoke(main, ["evaluate", "liver-seg", "--no-baseline", "--baseline",
+                                              str(CT_WEIGHTS)])
+    assert contradictory.exit_code != 0 and "--no-baseline" in contradictory.output
