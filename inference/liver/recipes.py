@@ -10,6 +10,7 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 from inference.liver.phases import CT_MULTIPHASE_PHASES
+from inference.liver.weights import SLIDING_WINDOW_OVERLAP
 
 #: Training phantoms use seeds from here on; evaluation uses 0–99.
 FIRST_TRAINING_SEED = 1000
@@ -89,7 +90,7 @@ class TrainingSettings:
     inference_patch_size: tuple[int, int, int] = (32, 96, 96)
     #: Overlap of the sliding windows at inference (the manifest's): less runs fewer windows,
     #: which a finer model grid needs to stay within the CPU time target.
-    sliding_window_overlap: float = 0.5
+    sliding_window_overlap: float = SLIDING_WINDOW_OVERLAP
     model_spacing: tuple[float, float, float] = (4.0, 3.0, 3.0)
     #: Further grids (mm, zyx) of scans the training phantoms are shown as, in turn with the model's own
     #: (phantom seed *k* on grid *k* mod the number of grids; see training.acquired_on), brought back

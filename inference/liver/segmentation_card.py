@@ -10,7 +10,7 @@ Research use only; not a medical device.
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -68,6 +68,17 @@ def _kind_lines(manifests: Sequence[tuple[str, dict[str, Any]]]) -> list[str]:
                  for k in kinds]
         lines.append(f"| {version} | " + " | ".join(cells) + " |")
     return lines
+
+
+def _mm(values: Sequence[float]) -> str:
+    return " × ".join(f"{v:g}" for v in values)
+
+
+def _exceptions(manifests: Sequence[tuple[str, dict[str, Any]]], setting: Callable[[dict[str, Any]], str],
+                usual: str) -> str:
+    """" (`model`: its setting; …)" for the models whose *setting* is not the *usual* one, else nothing."""
+    others = [f"`{m['model_version']}`: {setting(m)}" for _, m in manifests if setting(m) != usual]
+    return f" ({'; '.join(others)})" if others else ""
 
 
 def _phantom_grid(h: dict[str, Any]) -> tuple[float, ...]:
@@ -631,8 +642,8 @@ def model_card(manifests: Sequence[tuple[str, dict[str, Any]]],
         "ConvLSTM, \"fused U-Net\") and seed 000 (CT U-Net); `liver-seg-ct-multiphase` is seed 000's",
         "U-Net with the two phases as input channels, after seed 002's point that enhancement over",
         "time shows what one phase hides. `liver-seg-ct-4d` is seed 002's fused U-Net on the same two",
-        "CT phases, its first training started from the DCE-MRI model. The pipeline's multi-phase CT",
-        "model is an ensemble of the two (see \"Ensembles\").",
+        "CT phases, its first training started from the DCE-MRI model. Ensembles of the two were",
+        "tried for the multi-phase CT (see \"Ensembles\"); the pipeline runs single U-Nets.",
         "Architectures and where they differ from the seeds: `inference/liver/models.py`.",
         "",
         "| model | network | widths | input | parameters | weights sha256 |",
@@ -657,12 +668,16 @@ def model_card(manifests: Sequence[tuple[str, dict[str, Any]]],
             "",
             "## Inputs and inference",
             "",
-            f"* Model spacing {' × '.join(f'{v:g}' for v in first['input']['spacing_zyx_mm'])} mm (z, y, x); a study is",
+            (f"* Model spacing {_mm(first['input']['spacing_zyx_mm'])} mm (z, y, x)"
+             f"{_exceptions(manifests, lambda m: _mm(m['input']['spacing_zyx_mm']) + ' mm', _mm(first['input']['spacing_zyx_mm']) + ' mm')};"
+             " a study is"),
             "  resampled to it (linear) and the probabilities back onto its grid (linear, then argmax).",
             "* Normalisation: CT clipped to −150…250 HU and mapped to −1…1; MR per channel, the 1st and",
             "  99th percentiles inside the body (Otsu mask of the channel mean) mapped to 0 and 1, clipped",
             "  to −0.5…2.",
-            (f"* Sliding windows of {' × '.join(map(str, first['input']['patch_size_zyx']))} voxels, overlap 0.5, "
+            (f"* Sliding windows of {' × '.join(map(str, first['input']['patch_size_zyx']))} voxels, overlap "
+             f"{lw.SLIDING_WINDOW_OVERLAP:g}"
+             f"{_exceptions(manifests, lambda m: f'{lw.sliding_window_overlap(m):g}', f'{lw.SLIDING_WINDOW_OVERLAP:g}')}, "
              "Gaussian blending (MONAI); softmax."),
             "* Post-processing: largest connected liver (with tumours); tumour components mostly outside",
             "  the 5 mm liver envelope dropped; lesions under 0.1 ml become liver (configurable).",
