@@ -513,6 +513,35 @@ def test_training_is_seeded_and_writes_a_loadable_model(tmp_path):
     assert "--dice-per-crop" not in segmentation_card.reproduce_command("liver-seg-mr-baseline", pooled)
 
 
+def test_a_run_stopped_early_is_reproduced_step_for_step_on_its_schedule(tmp_path, capsys):
+    from inference.liver import segmentation_card, training
+
+    settings = training.TrainingSettings(steps=3, pool_size=1, refresh_every=0, evaluation_cases=0,
+                                         patch_size=(8, 32, 32), inference_patch_size=(16, 32, 32), batch_size=1,
+                                         device="cpu")
+    stopped = training.train_liver_model("liver-seg-mr-baseline", tmp_path / "a",
+                                         training.TrainingSettings(**{**settings.__dict__, "stop_after": 2}),
+                                         log=lambda _: None)
+    assert stopped["training"]["steps_run"] == 2 and not stopped["training"]["stopped_by_time_budget"]
+    # two steps of a three-step schedule: not the network two steps of a two-step schedule give
+    short = training.train_liver_model("liver-seg-mr-baseline", tmp_path / "b",
+                                       training.TrainingSettings(**{**settings.__dict__, "steps": 2}),
+                                       log=lambda _: None)
+    assert short["weights_sha256"] != stopped["weights_sha256"]
+    assert "--steps 3 --evaluation-cases 0 --stop-after 2 " in segmentation_card.reproduce_command(
+        "liver-seg-mr-baseline", stopped)
+    # a run --minutes stopped is rebuilt by its steps, not by a time another machine would fill differently
+    by_time = {**stopped, "training": {**stopped["training"], "stopped_by_time_budget": True,
+                                       "settings": {**stopped["training"]["settings"], "stop_after": None,
+                                                    "minutes": 0.01}}}
+    command = segmentation_card.reproduce_command("liver-seg-mr-baseline", by_time)
+    assert "--stop-after 2 " in command and "--minutes" not in command
+    assert "--stop-after" not in segmentation_card.reproduce_command("liver-seg-mr-baseline", short)
+    with pytest.raises(SystemExit) as refused:
+        training.main(["liver-seg-mr-baseline", "--stop-after", "0", "--out", str(tmp_path / "c")])
+    assert refused.value.code == 2 and "--stop-after must be a positive" in capsys.readouterr().err
+
+
 def test_training_device_is_cuda_when_torch_sees_a_gpu_and_a_missing_one_is_refused_with_the_way_out(capsys):
     from inference.liver import training
     from inference.model_files import default_device

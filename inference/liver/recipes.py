@@ -83,6 +83,9 @@ class TrainingSettings:
     seed: int = 0
     steps: int = 3000
     minutes: float | None = None
+    #: Stop after this many steps of the ``steps``-long schedule: reproduces, step for step, a run that
+    #: ``minutes`` stopped early (its manifest's ``steps_run``).
+    stop_after: int | None = None
     batch_size: int = 2
     patch_size: tuple[int, int, int] = (16, 48, 48)
     #: Sliding-window size at inference (the manifest's patch size): the networks are fully

@@ -549,6 +549,11 @@ def reproduce_command(name: str, manifest: dict[str, Any]) -> str:
     defaults = TrainingSettings()
     words = [f"OMP_NUM_THREADS={s['threads']} pacsnode train {name} --seed {s['seed']} --steps {s['steps']}",
              f"--evaluation-cases {s['evaluation_cases']}"]
+    stop_after = s.get("stop_after")
+    if manifest["training"].get("stopped_by_time_budget"):  # --minutes stopped it: the same steps, not the time
+        stop_after = manifest["training"]["steps_run"]
+    if stop_after:
+        words.append(f"--stop-after {stop_after}")
     for key, flag in (("batch_size", "--batch-size"), ("pool_size", "--pool-size"),
                       ("refresh_every", "--refresh-every")):
         if s.get(key, getattr(defaults, key)) != getattr(defaults, key):

@@ -522,7 +522,7 @@ def _train(recipe: ModelRecipe, out_dir: Path, settings: TrainingSettings, data_
     steps_run = 0
     simulate_during_s = 0.0
     model.train()
-    for step in range(settings.steps):
+    for step in range(min(settings.steps, settings.stop_after or settings.steps)):
         if budget_s is not None and time.perf_counter() - train_started > budget_s:
             log(f"time budget of {settings.minutes} min reached after {step} steps")
             break
@@ -556,7 +556,7 @@ def _train(recipe: ModelRecipe, out_dir: Path, settings: TrainingSettings, data_
         "description": recipe.description,
         "settings": settings.to_json(),
         "steps_run": steps_run,
-        "stopped_by_time_budget": steps_run < settings.steps,
+        "stopped_by_time_budget": steps_run < min(settings.steps, settings.stop_after or settings.steps),
         "initial_weights": initial,
         "phantom_seeds": [first_seed, next_seed - 1] if phantoms else None,
         "site_studies": [c.source for c in site],
@@ -704,6 +704,8 @@ def main(argv: Sequence[str] | None = None, name: str | None = None) -> int:
     parser.add_argument("--seed", type=int, default=defaults.seed)
     parser.add_argument("--steps", type=int, default=defaults.steps)
     parser.add_argument("--minutes", type=float, default=None, help="stop early after this many minutes")
+    parser.add_argument("--stop-after", type=int, default=None, metavar="STEPS",
+                        help="stop after STEPS steps of the --steps schedule (reproduces a run --minutes stopped)")
     parser.add_argument("--batch-size", type=int, default=defaults.batch_size)
     parser.add_argument("--pool-size", type=int, default=defaults.pool_size)
     parser.add_argument("--refresh-every", type=int, default=defaults.refresh_every, metavar="STEPS",
@@ -751,6 +753,8 @@ def main(argv: Sequence[str] | None = None, name: str | None = None) -> int:
     args = parser.parse_args(argv)
     if args.confirm and not args.evaluate_only:
         parser.error("--confirm goes with --evaluate-only")
+    if args.stop_after is not None and args.stop_after < 1:
+        parser.error(f"--stop-after must be a positive number of steps, got {args.stop_after}")
     if args.evaluate_only:
         torch.set_num_threads(args.threads)
         try:
@@ -761,7 +765,8 @@ def main(argv: Sequence[str] | None = None, name: str | None = None) -> int:
         write_model_card(Path(args.out))
         return 0
     settings = TrainingSettings(
-        seed=args.seed, steps=args.steps, minutes=args.minutes, batch_size=args.batch_size,
+        seed=args.seed, steps=args.steps, minutes=args.minutes, stop_after=args.stop_after,
+        batch_size=args.batch_size,
         pool_size=args.pool_size, refresh_every=args.refresh_every, evaluation_cases=args.evaluation_cases,
         threads=args.threads, sliding_window_overlap=args.overlap,
         model_spacing=tuple(args.spacing) if args.spacing else defaults.model_spacing,
