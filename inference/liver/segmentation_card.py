@@ -696,13 +696,13 @@ def model_card(manifests: Sequence[tuple[str, dict[str, Any]]],
     first = manifests[0][1] if manifests else None
     if first:
         s = first["training"]["settings"]
+        grid = _mm(first["input"]["spacing_zyx_mm"]) + " mm"
         lines += [
             "",
             "## Inputs and inference",
             "",
-            (f"* Model spacing {_mm(first['input']['spacing_zyx_mm'])} mm (z, y, x)"
-             f"{_exceptions(manifests, lambda m: _mm(m['input']['spacing_zyx_mm']) + ' mm', _mm(first['input']['spacing_zyx_mm']) + ' mm')};"
-             " a study is"),
+            (f"* Model spacing {grid} (z, y, x)"
+             f"{_exceptions(manifests, lambda m: _mm(m['input']['spacing_zyx_mm']) + ' mm', grid)}; a study is"),
             "  resampled to it (linear) and the probabilities back onto its grid (linear, then argmax).",
             "* Normalisation: CT clipped to −150…250 HU and mapped to −1…1; MR per channel, the 1st and",
             "  99th percentiles inside the body (Otsu mask of the channel mean) mapped to 0 and 1, clipped",

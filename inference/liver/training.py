@@ -522,7 +522,8 @@ def _train(recipe: ModelRecipe, out_dir: Path, settings: TrainingSettings, data_
     steps_run = 0
     simulate_during_s = 0.0
     model.train()
-    for step in range(min(settings.steps, settings.stop_after or settings.steps)):
+    planned = min(settings.steps, settings.stop_after or settings.steps)
+    for step in range(planned):
         if budget_s is not None and time.perf_counter() - train_started > budget_s:
             log(f"time budget of {settings.minutes} min reached after {step} steps")
             break
@@ -556,7 +557,7 @@ def _train(recipe: ModelRecipe, out_dir: Path, settings: TrainingSettings, data_
         "description": recipe.description,
         "settings": settings.to_json(),
         "steps_run": steps_run,
-        "stopped_by_time_budget": steps_run < min(settings.steps, settings.stop_after or settings.steps),
+        "stopped_by_time_budget": steps_run < planned,
         "initial_weights": initial,
         "phantom_seeds": [first_seed, next_seed - 1] if phantoms else None,
         "site_studies": [c.source for c in site],
