@@ -52,7 +52,7 @@ DEFAULT_MODELS = {
     "mr": "liver-seg-mr-v7",
     "ct": "liver-seg-ct-v6",
     "ct-multiphase": "liver-seg-ct-multiphase-v9",
-    "ct-multiphase-fine": "liver-seg-ct-multiphase-v14",
+    "ct-multiphase-fine": "liver-seg-ct-multiphase-v15",
     "mr-baseline": "liver-seg-mr-baseline-v7",
 }
 #: Sliding-window overlap between neighbouring windows (fraction of the window).
