@@ -569,10 +569,14 @@ def evaluate_liver_cls(ctx: click.Context) -> None:
 @click.option("--spacing", type=float, nargs=3, default=None, metavar="Z Y X",
               help="Simulate the phantoms on this grid, in mm (default: the simulator's 4 3 3); each model "
                    "resamples them onto its own grid, as it would a study of that protocol.")
+@click.option("--min-lesion-ml", type=click.FloatRange(min=0), default=None, metavar="ML",
+              help="Make smaller predicted lesions liver, as a route's min_lesion_ml does (default: the "
+                   "pipeline's).")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 def evaluate_liver_seg(modality: str, cases: int, first_seed: int, model_path: Path | None,
                        baseline_path: Path | None, no_baseline: bool, compared: tuple[Path, ...],
-                       spacing: tuple[float, float, float] | None, as_json: bool) -> None:
+                       spacing: tuple[float, float, float] | None, min_lesion_ml: float | None,
+                       as_json: bool) -> None:
     """Liver/tumour Dice, IoU, HD95, precision, recall and lesion detection on held-out phantoms
     (MR: the 4D model beside the single-phase baseline; CT: the multi-phase model the pipeline
     picks for the phantoms' grid beside the portal-venous one; ``--compare`` adds others)."""
@@ -595,7 +599,8 @@ def evaluate_liver_seg(modality: str, cases: int, first_seed: int, model_path: P
     models.update({path.stem: path for path in compared})
     try:
         report = compare_models(modality, cases, first_seed, models,
-                                log=None if as_json else lambda line: click.echo(line, err=True), spacing=spacing)
+                                log=None if as_json else lambda line: click.echo(line, err=True), spacing=spacing,
+                                min_lesion_ml=min_lesion_ml)
     except (LiverModelError, ValueError) as exc:
         raise click.ClickException(str(exc)) from exc
     click.echo(json.dumps(report, indent=2) if as_json else format_comparison(report))

@@ -673,15 +673,20 @@ def test_confirmation_evaluation_is_kept_beside_the_held_out_one_on_seeds_no_cho
     settings = training.TrainingSettings(steps=1, pool_size=1, refresh_every=0, evaluation_cases=1,
                                          patch_size=(8, 32, 32), inference_patch_size=(16, 32, 32), batch_size=1)
     trained = training.train_liver_model("liver-seg-mr-baseline", tmp_path, settings, log=lambda _: None)
-    confirmed = training.record_evaluation("liver-seg-mr-baseline", tmp_path, 1, log=None, confirmation=True)
+    confirmed = training.record_evaluation("liver-seg-mr-baseline", tmp_path, 1, log=None, confirmation=True,
+                                           min_lesion_ml=0.5)
     assert confirmed["metrics"]["held_out_phantoms"] == trained["metrics"]["held_out_phantoms"]
+    assert trained["metrics"]["held_out_phantoms"]["min_lesion_ml"] == postprocess.MIN_LESION_VOLUME_ML
+    assert confirmed["metrics"]["confirmation_phantoms"]["min_lesion_ml"] == 0.5
     assert confirmed["metrics"]["held_out_phantoms"]["seeds"] == [0, 0]
     assert confirmed["metrics"]["confirmation_phantoms"]["seeds"] == [confirmation[0]] * 2
     assert confirmed["weights_sha256"] == trained["weights_sha256"]
     segmentation_card.write_model_card(tmp_path)
     card = (tmp_path / segmentation_card.MODEL_CARD).read_text()
     assert "## Confirmation on phantoms kept back" in card
-    assert f"| `liver-seg-mr-baseline-v1` | {confirmation[0]}–{confirmation[0]} |" in card
+    assert (f"| `liver-seg-mr-baseline-v1` | {confirmation[0]}–{confirmation[0]} (lesions under 0.5 ml made liver) |"
+            in card)  # scored otherwise than the pipeline's default, and said so
+    assert "| `liver-seg-mr-baseline-v1` | 0–0 |" in card
     tumour = confirmed["metrics"]["held_out_phantoms"]["tumour"]
     target_line = next(line for line in card.splitlines() if line.startswith("* `liver-seg-mr-baseline-v1`: liver"))
     assert f"tumour Dice ceiling of these images: {tumour['dice_ceiling']:.3f}" in target_line
@@ -689,6 +694,9 @@ def test_confirmation_evaluation_is_kept_beside_the_held_out_one_on_seeds_no_cho
     assert (f"on the conspicuous lesions: {shown:.3f})" in target_line) == (shown is not None)
     with pytest.raises(SystemExit):
         training.main(["liver-seg-mr-baseline", "--confirm", "--out", str(tmp_path)])
+    with pytest.raises(SystemExit) as refused:
+        training.main(["liver-seg-mr-baseline", "--evaluate-only", "--min-lesion-ml", "-1", "--out", str(tmp_path)])
+    assert refused.value.code == 2
 
     # A held-out evaluation running beside another that stores its entry meanwhile keeps that entry.
     manifest_path = tmp_path / "liver-seg-mr-baseline-v1.json"

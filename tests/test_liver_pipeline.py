@@ -32,6 +32,7 @@ from inference.liver.pipeline import (
     multiphase_ct_model_for,
     prepare_study,
 )
+from inference.liver.postprocess import MIN_LESION_VOLUME_ML
 from inference.liver.weights import default_weights, read_manifest
 from tests.dicom_factories import make_ct_datasets, make_mr_datasets, write_series
 from tests.dicom_validate import assert_valid_dicom
@@ -582,6 +583,20 @@ def test_evaluate_command_compares_the_multiphase_ct_model_with_the_portal_venou
         shown = entry["summary"]["tumour"]["dice_conspicuous"]
         assert shown is None or 0.0 <= shown <= 1.0
     assert "tumour dice_conspicuous" in format_comparison(report)
+    assert report["min_lesion_ml"] == MIN_LESION_VOLUME_ML  # the pipeline's default, recorded with the figures
+    # A route's larger minimum lesion volume, scored as such: every predicted lesion under it becomes liver.
+    larger = CliRunner().invoke(main, ["evaluate", "liver-seg", "--modality", "ct", "--cases", "1", "--seed", "18",
+                                       "--no-baseline", "--min-lesion-ml", "1000", "--json"])
+    assert larger.exit_code == 0, larger.output
+    larger_report = json.loads(larger.output)
+    assert larger_report["min_lesion_ml"] == 1000
+    assert "lesions under 1000 ml made liver" in format_comparison(larger_report)
+    scored = larger_report["models"]["multi-phase CT model"]
+    assert [case["predicted_lesions"] for case in scored["cases"]] == [0]
+    assert scored["summary"]["lesions"]["detected"] == 0
+    assert scored["summary"]["liver"]["dice"] >= 0.9
+    refused = CliRunner().invoke(main, ["evaluate", "liver-seg", "--modality", "ct", "--min-lesion-ml", "-0.1"])
+    assert refused.exit_code != 0 and "--min-lesion-ml" in refused.output
 
 
 @_needs(CT_MULTIPHASE_WEIGHTS)
@@ -603,7 +618,8 @@ def test_evaluate_command_scores_models_on_phantoms_of_another_grid_with_further
     counts = {entry["summary"]["lesions"]["count"] for entry in report["models"].values()}
     assert len(counts) == 1  # one phantom, scored on its own grid, for all three
     assert report["models"][CT_WEIGHTS.stem]["summary"] == report["models"]["portal-venous CT U-Net"]["summary"]
-    assert "(seeds 17–17, 8 × 6 × 6 mm voxels)" in format_comparison(report)
+    assert (f"(seeds 17–17, 8 × 6 × 6 mm voxels, lesions under {MIN_LESION_VOLUME_ML:g} ml made liver)"
+            in format_comparison(report))
     refused = CliRunner().invoke(main, ["evaluate", "liver-seg", "--modality", "ct", "--spacing", "0", "6", "6"])
     assert refused.exit_code != 0 and "three positive" in refused.output
 

@@ -46,31 +46,35 @@ def phantom_channels(phantom: Any, channels: Sequence[str], register: bool = Tru
     return np.stack([np.asarray(phantom.channel(c), np.float32) for c in channels])
 
 
-def model_segmenter(weights: str | Path,
-                    register: bool = True) -> tuple[str, tuple[str, ...], Callable[[Any], Any]]:
-    """The model's version, its input channels and a function phantom → post-processed segmentation."""
+def model_segmenter(weights: str | Path, register: bool = True,
+                    min_lesion_ml: float | None = None) -> tuple[str, tuple[str, ...], Callable[[Any], Any]]:
+    """The model's version, its input channels and a function phantom → post-processed segmentation
+    (lesions under *min_lesion_ml*, default the pipeline's, made liver)."""
     from inference.liver.ensemble import load_liver_model
-    from inference.liver.postprocess import postprocess
+    from inference.liver.postprocess import MIN_LESION_VOLUME_ML, postprocess
 
     segmenter = load_liver_model(weights)
 
     def segment(phantom: Any) -> Any:
         channels = phantom_channels(phantom, segmenter.channels, register)
-        return postprocess(segmenter.segment(channels, phantom.spacing), phantom.spacing)
+        return postprocess(segmenter.segment(channels, phantom.spacing), phantom.spacing,
+                           min_volume_ml=MIN_LESION_VOLUME_ML if min_lesion_ml is None else min_lesion_ml)
 
     return segmenter.version, segmenter.channels, segment
 
 
 def compare_models(modality: str, cases: int, first_seed: int, models: dict[str, str | Path],
                    log: Callable[[str], None] | None = None,
-                   spacing: Sequence[float] | None = None) -> dict[str, Any]:
+                   spacing: Sequence[float] | None = None, min_lesion_ml: float | None = None) -> dict[str, Any]:
     """Each of *models* (label → manifest) evaluated on the same ``cases`` phantoms from ``first_seed``.
 
     *spacing* (mm, zyx) simulates the phantoms on that grid over the simulator's field of view
     (default: the simulator's 4 × 3 × 3 mm), as a study of another scanner protocol would come:
-    each model resamples it onto its own grid, and is scored on the phantom's.
+    each model resamples it onto its own grid, and is scored on the phantom's. *min_lesion_ml* (default:
+    the pipeline's) is the smallest predicted lesion kept, as a route's ``min_lesion_ml``.
     """
     from inference.liver.evaluation import EVALUATION_SEEDS, evaluate_on_phantoms
+    from inference.liver.postprocess import MIN_LESION_VOLUME_ML
     from inference.liver.phantom import (
         DEFAULT_SPACING,
         simulate_liver_ct,
@@ -84,14 +88,18 @@ def compare_models(modality: str, cases: int, first_seed: int, models: dict[str,
     if not set(seeds) <= held_out:
         raise ValueError(f"seeds {seeds[0]}…{seeds[-1]} are not all held-out evaluation seeds "
                          f"({min(held_out)}…{max(held_out)}); training seeds would flatter the models")
+    min_lesion_ml = MIN_LESION_VOLUME_ML if min_lesion_ml is None else float(min_lesion_ml)
+    if not min_lesion_ml >= 0:
+        raise ValueError(f"a minimum lesion volume must be 0 ml or more, not {min_lesion_ml}")
     shape, grid = phantom_grid(spacing if spacing is not None else DEFAULT_SPACING)
     simulate = (partial(simulate_liver_ct, phases=CT_MULTIPHASE_PHASES, shape=shape, spacing=grid)
                 if modality.upper() == "CT" else partial(simulate_liver_mr, shape=shape, spacing=grid))
     report: dict[str, Any] = {"modality": modality.upper(), "seeds": seeds, "phantom_spacing_mm": list(grid),
+                              "min_lesion_ml": min_lesion_ml,
                               "targets": TARGETS, "models": {},
                               "intended_use": "research use only; simulated phantoms, not patients"}
     for label, weights in models.items():
-        version, channels, segment = model_segmenter(weights)
+        version, channels, segment = model_segmenter(weights, min_lesion_ml=min_lesion_ml)
         if log:
             log(f"{label}: {version}")
         result = evaluate_on_phantoms(segment, simulate, seeds, log=log,
@@ -137,7 +145,7 @@ def format_comparison(report: dict[str, Any]) -> str:
     seeds = report["seeds"]
     grid = " × ".join(f"{v:g}" for v in report["phantom_spacing_mm"])
     lines = [(f"liver-seg on {len(seeds)} held-out {report['modality']} phantoms (seeds {seeds[0]}–{seeds[-1]}, "
-              f"{grid} mm voxels); research use only"),
+              f"{grid} mm voxels, lesions under {report['min_lesion_ml']:g} ml made liver); research use only"),
              f"{'metric':<42}" + "".join(f"{h:>{width}}" for h in headers)]
     lines += [f"{name:<42}" + "".join(f"{_fmt(v):>{width}}" for v in values) for name, values in rows]
     targets = report["targets"]

@@ -419,17 +419,21 @@ def phantom_segmenter(segmenter: ensemble.LiverModel, recipe: ModelRecipe,
 
 
 def evaluate_recipe(segmenter: ensemble.LiverModel, recipe: ModelRecipe, seeds: Sequence[int],
-                    log: Callable[[str], None] | None = None) -> dict[str, Any]:
+                    log: Callable[[str], None] | None = None,
+                    min_lesion_ml: float = postprocess.MIN_LESION_VOLUME_ML) -> dict[str, Any]:
     """:func:`inference.liver.evaluation.evaluate_on_phantoms` for a model (or ensemble) of *recipe*'s inputs,
-    on phantoms simulated on the model's grid (recorded in the summary as ``phantom_spacing_mm``)."""
+    on phantoms simulated on the model's grid (recorded in the summary as ``phantom_spacing_mm``), smaller
+    predicted lesions than *min_lesion_ml* made liver as a route's ``min_lesion_ml`` does (recorded too)."""
     overlap = sorted(seed for seed in seeds if seed >= FIRST_TRAINING_SEED)
     if overlap:
         raise ValueError(f"evaluation seeds {overlap[:5]}… are training seeds (>= {FIRST_TRAINING_SEED})")
     report = evaluation.evaluate_on_phantoms(
-        phantom_segmenter(segmenter, recipe), lambda s: simulate_phantom(recipe, s, segmenter.spacing), seeds, log=log,
+        phantom_segmenter(segmenter, recipe, min_volume_ml=min_lesion_ml),
+        lambda s: simulate_phantom(recipe, s, segmenter.spacing), seeds, log=log,
         input_images=lambda phantom: aligned_phantom_channels(phantom, recipe.channels),
     )
     report["summary"]["phantom_spacing_mm"] = list(segmenter.spacing)
+    report["summary"]["min_lesion_ml"] = min_lesion_ml
     return report
 
 
@@ -642,16 +646,17 @@ def evaluation_seeds(cases: int, *, confirmation: bool = False) -> list[int]:
 def record_evaluation(name: str, out_dir: str | Path, cases: int,
                       log: Callable[[str], None] | None = print,
                       model_version: str | None = None, *, confirmation: bool = False,
-                      device: str = "cpu") -> dict[str, Any]:
-    """Evaluate the written model *name* on *cases* phantoms (:func:`evaluation_seeds`) on *device*; store the
-    summary in its manifest.
+                      device: str = "cpu", min_lesion_ml: float = postprocess.MIN_LESION_VOLUME_ML) -> dict[str, Any]:
+    """Evaluate the written model *name* on *cases* phantoms (:func:`evaluation_seeds`) on *device*, lesions
+    under *min_lesion_ml* made liver; store the summary in its manifest.
 
     Held-out results go to ``metrics.held_out_phantoms``, confirmation results to
     ``metrics.confirmation_phantoms``; only that entry changes (the weights and their sha256 do not).
     """
     recipe = MODEL_RECIPES[name]
     manifest_path = Path(out_dir) / f"{model_version or recipe.model_version}.json"
-    key, summary = _evaluate(lw.LiverSegmenter.load(manifest_path, device=device), recipe, cases, log, confirmation)
+    key, summary = _evaluate(lw.LiverSegmenter.load(manifest_path, device=device), recipe, cases, log, confirmation,
+                             min_lesion_ml)
     manifest = lw.read_manifest(manifest_path)  # read after the evaluation: see _evaluate
     manifest.setdefault("metrics", {})[key] = summary
     if not confirmation:
@@ -661,7 +666,8 @@ def record_evaluation(name: str, out_dir: str | Path, cases: int,
 
 
 def record_ensemble_evaluation(manifest_path: str | Path, cases: int, log: Callable[[str], None] | None = print,
-                               *, confirmation: bool = False) -> dict[str, Any]:
+                               *, confirmation: bool = False,
+                               min_lesion_ml: float = postprocess.MIN_LESION_VOLUME_ML) -> dict[str, Any]:
     """:func:`record_evaluation` for an ensemble: its phantoms are those of its first member's recipe."""
     manifest = ensemble.read_ensemble_manifest(manifest_path)
     first = lw.read_manifest(Path(manifest["_dir"]) / manifest["members"][0]["manifest"])
@@ -671,7 +677,7 @@ def record_ensemble_evaluation(manifest_path: str | Path, cases: int, log: Calla
             f"ensemble {manifest['model_version']}: its member {first['model_version']} was not trained by a "
             "`pacsnode train liver-seg-*` recipe, so there are no phantoms to evaluate it on")
     key, summary = _evaluate(ensemble.LiverEnsemble.load(manifest_path, device="cpu"), recipe, cases, log,
-                             confirmation)
+                             confirmation, min_lesion_ml)
     manifest = ensemble.read_ensemble_manifest(manifest_path)  # read after the evaluation: see _evaluate
     manifest.setdefault("metrics", {})[key] = summary
     lw.write_manifest(manifest, Path(manifest_path))
@@ -679,7 +685,7 @@ def record_ensemble_evaluation(manifest_path: str | Path, cases: int, log: Calla
 
 
 def _evaluate(model: ensemble.LiverModel, recipe: ModelRecipe, cases: int, log: Callable[[str], None] | None,
-              confirmation: bool) -> tuple[str, dict[str, Any]]:
+              confirmation: bool, min_lesion_ml: float) -> tuple[str, dict[str, Any]]:
     """Evaluate *model* on *cases* phantoms of *recipe*: the manifest's metrics key and the summary to store there.
 
     An evaluation takes minutes, and the held-out and confirmation ones of a model may run side by side, so
@@ -687,12 +693,25 @@ def _evaluate(model: ensemble.LiverModel, recipe: ModelRecipe, cases: int, log: 
     """
     seeds = evaluation_seeds(cases, confirmation=confirmation)
     t0 = time.perf_counter()
-    report = evaluate_recipe(model, recipe, seeds, log=log)
+    report = evaluate_recipe(model, recipe, seeds, log=log, min_lesion_ml=min_lesion_ml)
     key = "confirmation_phantoms" if confirmation else "held_out_phantoms"
     return key, {"seeds": [seeds[0], seeds[-1]], **report["summary"], "seconds": round(time.perf_counter() - t0, 1)}
 
 
 # --------------------------------------------------------------------------- command line
+
+
+def _lesion_volume_ml(text: str) -> float:
+    value = float(text)
+    if not value >= 0:
+        raise argparse.ArgumentTypeError(f"a minimum lesion volume must be 0 ml or more, not {text}")
+    return value
+
+
+def _add_min_lesion_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--min-lesion-ml", type=_lesion_volume_ml, default=postprocess.MIN_LESION_VOLUME_ML, metavar="ML",
+                        help="the evaluation makes smaller predicted lesions liver, as a route's min_lesion_ml does "
+                             "(default: %(default)s)")
 
 
 def main(argv: Sequence[str] | None = None, name: str | None = None) -> int:
@@ -751,6 +770,7 @@ def main(argv: Sequence[str] | None = None, name: str | None = None) -> int:
     parser.add_argument("--confirm", action="store_true",
                         help=f"with --evaluate-only: evaluate on the confirmation phantoms (seeds "
                              f"{CONFIRMATION_SEEDS[0]}…), kept back from choosing between versions")
+    _add_min_lesion_option(parser)
     args = parser.parse_args(argv)
     if args.confirm and not args.evaluate_only:
         parser.error("--confirm goes with --evaluate-only")
@@ -760,7 +780,8 @@ def main(argv: Sequence[str] | None = None, name: str | None = None) -> int:
         torch.set_num_threads(args.threads)
         try:
             record_evaluation(name or args.name, args.out, args.evaluation_cases, model_version=args.version,
-                              confirmation=args.confirm, device=training_device(args.device).type)
+                              confirmation=args.confirm, device=training_device(args.device).type,
+                              min_lesion_ml=args.min_lesion_ml)
         except (ValueError, lw.LiverModelError) as exc:
             parser.exit(2, f"{parser.prog}: {exc}\n")
         write_model_card(Path(args.out))
@@ -803,6 +824,7 @@ def ensemble_main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=lw.WEIGHTS_DIR, help="with --evaluate-only: its folder")
     parser.add_argument("--confirm", action="store_true",
                         help=f"with --evaluate-only: evaluate on the confirmation phantoms (seeds {CONFIRMATION_SEEDS[0]}…)")
+    _add_min_lesion_option(parser)
     args = parser.parse_args(argv)
     if ENSEMBLE_INFIX not in args.version or not args.version.rsplit("-v", 1)[-1].isdigit():
         parser.error(f"version {args.version!r} must contain {ENSEMBLE_INFIX!r} and end with -vN")
@@ -814,7 +836,8 @@ def ensemble_main(argv: Sequence[str] | None = None) -> int:
     try:
         path = (args.out / f"{args.version}.json" if args.evaluate_only
                 else ensemble.write_ensemble(args.version, args.members))
-        record_ensemble_evaluation(path, args.evaluation_cases, confirmation=args.confirm)
+        record_ensemble_evaluation(path, args.evaluation_cases, confirmation=args.confirm,
+                                   min_lesion_ml=args.min_lesion_ml)
     except (ValueError, lw.LiverModelError) as exc:
         parser.exit(2, f"{parser.prog}: {exc}\n")
     write_model_card(path.parent)
