@@ -74,13 +74,13 @@ def compare_models(modality: str, cases: int, first_seed: int, models: dict[str,
     the pipeline's) is the smallest predicted lesion kept, as a route's ``min_lesion_ml``.
     """
     from inference.liver.evaluation import EVALUATION_SEEDS, evaluate_on_phantoms
-    from inference.liver.postprocess import MIN_LESION_VOLUME_ML
     from inference.liver.phantom import (
         DEFAULT_SPACING,
         simulate_liver_ct,
         simulate_liver_mr,
     )
     from inference.liver.phases import CT_MULTIPHASE_PHASES
+    from inference.liver.postprocess import MIN_LESION_VOLUME_ML
     from inference.liver.training import aligned_phantom_channels, phantom_grid
 
     seeds = list(range(first_seed, first_seed + cases))
