@@ -742,12 +742,15 @@ def model_card(manifests: Sequence[tuple[str, dict[str, Any]]],
                      f"{', '.join(m['input']['channels'])} ({m['input']['modality']}) | "
                      f"{m['training']['parameters']:,} | `{m['weights_sha256'][:16]}…` |")
     if len(manifests) > len(MODEL_RECIPES):
+        from inference.liver.pipeline import GRID_SLACK_ZYX  # the routing rule the sentence states
+
         defaults = ", ".join(f"`{v}`" for v in lw.DEFAULT_MODELS.values())
         fine, coarse = lw.DEFAULT_MODELS["ct-multiphase-fine"], lw.DEFAULT_MODELS["ct-multiphase"]
+        slices, pixels = GRID_SLACK_ZYX[0], max(GRID_SLACK_ZYX[1:])
         lines += ["", f"The pipeline uses {defaults} unless a route names other weights (of the multi-phase CT",
-                  f"models, `{fine}` for a study of pixels no coarser than its grid's and slices up to 1.25 times",
-                  f"its grid's, `{coarse}` otherwise; see the end); the earlier versions stay because each later",
-                  "one was trained starting from them (see Reproduce)."]
+                  f"models, `{fine}` for a study of pixels up to {pixels:g} times its grid's (headers' rounding)",
+                  f"and slices up to {slices:g} times its grid's, `{coarse}` otherwise; see the end); the",
+                  "earlier versions stay because each later one was trained starting from them (see Reproduce)."]
     first = manifests[0][1] if manifests else None
     if first:
         s = first["training"]["settings"]
