@@ -46,19 +46,18 @@ def phantom_channels(phantom: Any, channels: Sequence[str], register: bool = Tru
     return np.stack([np.asarray(phantom.channel(c), np.float32) for c in channels])
 
 
-def model_segmenter(weights: str | Path, register: bool = True,
-                    min_lesion_ml: float | None = None) -> tuple[str, tuple[str, ...], Callable[[Any], Any]]:
+def model_segmenter(weights: str | Path, min_lesion_ml: float,
+                    register: bool = True) -> tuple[str, tuple[str, ...], Callable[[Any], Any]]:
     """The model's version, its input channels and a function phantom → post-processed segmentation
-    (lesions under *min_lesion_ml*, default the pipeline's, made liver)."""
+    (lesions under *min_lesion_ml* made liver)."""
     from inference.liver.ensemble import load_liver_model
-    from inference.liver.postprocess import MIN_LESION_VOLUME_ML, postprocess
+    from inference.liver.postprocess import postprocess
 
     segmenter = load_liver_model(weights)
 
     def segment(phantom: Any) -> Any:
         channels = phantom_channels(phantom, segmenter.channels, register)
-        return postprocess(segmenter.segment(channels, phantom.spacing), phantom.spacing,
-                           min_volume_ml=MIN_LESION_VOLUME_ML if min_lesion_ml is None else min_lesion_ml)
+        return postprocess(segmenter.segment(channels, phantom.spacing), phantom.spacing, min_volume_ml=min_lesion_ml)
 
     return segmenter.version, segmenter.channels, segment
 
@@ -99,7 +98,7 @@ def compare_models(modality: str, cases: int, first_seed: int, models: dict[str,
                               "targets": TARGETS, "models": {},
                               "intended_use": "research use only; simulated phantoms, not patients"}
     for label, weights in models.items():
-        version, channels, segment = model_segmenter(weights, min_lesion_ml=min_lesion_ml)
+        version, channels, segment = model_segmenter(weights, min_lesion_ml)
         if log:
             log(f"{label}: {version}")
         result = evaluate_on_phantoms(segment, simulate, seeds, log=log,
