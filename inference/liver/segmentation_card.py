@@ -748,7 +748,8 @@ def model_card(manifests: Sequence[tuple[str, dict[str, Any]]],
                      f"{', '.join(m['input']['channels'])} ({m['input']['modality']}) | "
                      f"{m['training']['parameters']:,} | `{m['weights_sha256'][:16]}…` |")
     if len(manifests) > len(MODEL_RECIPES):
-        from inference.liver.pipeline import GRID_SLACK_ZYX  # the routing rule the sentence states
+        # the routing rule the sentence states, read where the pipeline keeps it
+        from inference.liver.pipeline import GRID_SLACK_ZYX
 
         defaults = ", ".join(f"`{v}`" for v in lw.DEFAULT_MODELS.values())
         fine, coarse = lw.DEFAULT_MODELS["ct-multiphase-fine"], lw.DEFAULT_MODELS["ct-multiphase"]
