@@ -379,7 +379,7 @@ def prepare_study(study: StudyInput, settings: LiverOptions) -> PreparedStudy:
 
 
 class LiverSegmentationPipeline(Pipeline):
-    """Liver and liver tumour segmentation from 4D DCE-MRI (fused U-Net) or CT (3D U-Net; two phases: an ensemble)."""
+    """Liver and liver tumour segmentation from 4D DCE-MRI (fused U-Net) or CT (3D U-Net on one or two phases)."""
 
     name = "liver-segmentation"
     queue = "cpu"
