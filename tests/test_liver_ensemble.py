@@ -96,6 +96,54 @@ def test_an_ensemble_refuses_a_member_swapped_for_other_weights_or_tampered(tmp_
         le.load_liver_model(path, device="cpu")
 
 
+def test_a_cascade_takes_the_liver_from_its_first_member_and_the_tumours_from_its_second(tmp_path):
+    coarse = _member(tmp_path, "coarse-v1", 0)
+    fine = _member(tmp_path, "fine-v1", 1, spacing=(2.0, 1.5, 1.5))
+    path = le.write_ensemble("test-ensemble-v1", [coarse, fine], combination=le.CASCADE)
+    model = le.load_liver_model(path, device="cpu")
+    # members on different grids: the cascade reads the study on the finer one's (phantoms, routing)
+    assert isinstance(model, le.LiverEnsemble) and model.combination == le.CASCADE
+    assert model.spacing == (2.0, 1.5, 1.5)
+    assert le.read_model_manifest(path)["input"]["spacing_zyx_mm"] == [2.0, 1.5, 1.5]
+
+    hu = np.random.default_rng(4).normal(40, 80, size=(1, 12, 30, 34)).astype(np.float32)
+    spacing = (5.0, 2.5, 2.5)
+    first = lw.LiverSegmenter.load(coarse, device="cpu").segment(hu, spacing)
+    second = lw.LiverSegmenter.load(fine, device="cpu").segment(hu, spacing)
+    combined = model.segment(hu, spacing)
+    np.testing.assert_allclose(combined.sum(axis=0), 1.0, atol=1e-5)
+    np.testing.assert_allclose(combined[0], first[0], atol=1e-6)  # where the liver is: the first member
+    share = combined[2] / (combined[1] + combined[2])  # how it splits: the second member
+    np.testing.assert_allclose(share, second[2] / (second[1] + second[2]), atol=1e-4)
+    assert np.abs(combined - first).max() > 1e-3 and np.abs(combined - second).max() > 1e-3
+
+
+def test_cascade_probabilities_make_liver_where_the_tumour_model_sees_only_background():
+    liver = np.array([[0.2, 0.9], [0.5, 0.05], [0.3, 0.05]], np.float32).reshape(3, 1, 1, 2)
+    tumour = np.array([[0.0, 0.1], [0.0, 0.3], [1.0, 0.6]], np.float32).reshape(3, 1, 1, 2)
+    tumour[:, 0, 0, 0] = (1.0, 0.0, 0.0)  # the tumour model is sure the first voxel is background
+    combined = le.cascade_probabilities(liver, tumour)
+    np.testing.assert_allclose(combined[:, 0, 0, 0], (0.2, 0.8, 0.0), atol=1e-6)
+    np.testing.assert_allclose(combined[:, 0, 0, 1], (0.9, 0.1 * 1 / 3, 0.1 * 2 / 3), atol=1e-6)
+
+
+def test_a_cascade_has_two_members_and_an_unknown_combination_is_refused(tmp_path):
+    from inference.liver import training
+
+    a, b, c = (_member(tmp_path, f"{n}-v1", i) for i, n in enumerate("abc"))
+    with pytest.raises(le.LiverEnsembleError, match="a cascade has two members"):
+        le.write_ensemble("test-ensemble-v1", [a, b, c], combination=le.CASCADE)
+    with pytest.raises(SystemExit) as exit_info:
+        training.ensemble_main(["test-ensemble-v1", str(a), str(b), str(c), "--cascade"])
+    assert exit_info.value.code == 2
+    path = le.write_ensemble("test-ensemble-v1", [a, b], combination=le.CASCADE)
+    manifest = json.loads(path.read_text())
+    manifest["combination"] = "median of the members' probabilities"
+    path.write_text(json.dumps(manifest))
+    with pytest.raises(le.LiverEnsembleError, match="unknown combination .median of the members"):
+        le.load_liver_model(path, device="cpu")
+
+
 def test_the_pipeline_loads_an_ensemble_and_refuses_one_of_another_modality(tmp_path):
     a, b = _member(tmp_path, "a-v1", 0), _member(tmp_path, "b-v1", 1)
     path = le.write_ensemble("test-ensemble-v1", [a, b])
@@ -131,7 +179,20 @@ def test_pacsnode_ensemble_writes_evaluates_and_cards_the_ensemble(tmp_path):
 
     card = (tmp_path / segmentation_card.MODEL_CARD).read_text()
     assert "## Ensembles" in card
-    assert "| `liver-seg-ct-ensemble-v1` | `a-v1`, `b-v1` | ct (CT) |" in card
+    assert "| `liver-seg-ct-ensemble-v1` | mean | `a-v1`, `b-v1` | ct (CT) |" in card
     assert "| `liver-seg-ct-ensemble-v1` | 0–0 |" in card  # a held-out row beside the trained models'
     assert ("pacsnode ensemble liver-seg liver-seg-ct-ensemble-v1 inference/liver/weights/a-v1.json "
             "inference/liver/weights/b-v1.json --evaluation-cases 1") in card
+
+    # a cascade of a coarse liver model and a fine tumour model: written, evaluated on the fine grid, carded
+    fine = _member(tmp_path, "fine-v1", 2, spacing=(2.0, 1.5, 1.5))
+    result = runner.invoke(main, ["ensemble", "liver-seg", "liver-seg-ct-ensemble-v2", str(a), str(fine), "--cascade",
+                                  "--evaluation-cases", "1"])
+    assert result.exit_code == 0, result.output
+    cascade = json.loads((tmp_path / "liver-seg-ct-ensemble-v2.json").read_text())
+    assert cascade["combination"] == le.CASCADE
+    assert cascade["metrics"]["held_out_phantoms"]["phantom_spacing_mm"] == [2.0, 1.5, 1.5]
+    card = (tmp_path / segmentation_card.MODEL_CARD).read_text()
+    assert "| `liver-seg-ct-ensemble-v2` | cascade (liver, then tumour) | `a-v1`, `fine-v1` | ct (CT) |" in card
+    assert ("pacsnode ensemble liver-seg liver-seg-ct-ensemble-v2 inference/liver/weights/a-v1.json "
+            "inference/liver/weights/fine-v1.json --cascade --evaluation-cases 1") in card

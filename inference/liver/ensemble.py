@@ -1,9 +1,16 @@
-"""Liver model ensembles: trained models of the same inputs whose class probabilities are averaged.
+"""Liver model ensembles: trained models of the same inputs whose class probabilities are combined.
 
 Two networks trained differently make different mistakes. On the multi-phase CT
 phantoms the 3D U-Net finds more of the small lesions and the fused U-Net
 outlines the lesions it finds more closely; the mean of their probabilities
 keeps most of both (see the model card's "Ensembles").
+
+A cascade, after seed 000's liver-then-lesion system, takes where the liver is
+from its first member and how the liver splits into liver and tumour from its
+second. Its members may work on different grids: a portal-venous CT model on
+the coarse grid tells the liver from its neighbours, one on a finer grid finds
+more of the lesions but, from one phase in a small crop, grows the liver into
+the organs beside it.
 
 An ensemble travels as one manifest (format ``pacsnode-liver-seg-ensemble``)
 in the folder of its members' own manifests and weights. It pins each member
@@ -34,8 +41,13 @@ logger = logging.getLogger("pacsnode.inference.liver")
 
 ENSEMBLE_FORMAT = "pacsnode-liver-seg-ensemble"
 ENSEMBLE_FORMAT_VERSION = 1
-#: How the members' outputs are combined (recorded in the manifest).
+#: How the members' outputs are combined (the manifest's ``combination``): the default, averaging.
 COMBINATION = "mean of the members' class probabilities, then argmax"
+#: The cascade's combination: P(background) from the first member, the rest shared between liver and
+#: tumour in the second member's proportions (its tumour probability given liver or tumour).
+CASCADE = ("background probability from the first member, the rest split between liver and tumour as the "
+           "second member splits it, then argmax")
+COMBINATIONS = (COMBINATION, CASCADE)
 
 _REQUIRED = ("model_version", "members", "input")
 _FIX = "rebuild it with `pacsnode ensemble liver-seg VERSION MEMBER.json MEMBER.json`"
@@ -51,22 +63,33 @@ class LiverEnsemble:
     def __init__(self, members: Sequence[lw.LiverSegmenter], manifest: Mapping[str, Any]):
         if len(members) < 2:
             raise LiverEnsembleError(f"an ensemble needs at least two members, got {len(members)}")
+        combination = str(manifest.get("combination", COMBINATION))
+        if combination not in COMBINATIONS:
+            raise LiverEnsembleError(f"ensemble {manifest.get('model_version', 'unknown')}: unknown combination "
+                                     f"{combination!r}; known: {' | '.join(COMBINATIONS)}; {_FIX}")
+        if combination == CASCADE and len(members) != 2:
+            raise LiverEnsembleError(f"a cascade has two members, the liver model then the tumour model; got "
+                                     f"{len(members)}")
         first = members[0]
         for member in members[1:]:
             if member.channels != first.channels or member.modality.upper() != first.modality.upper():
                 raise LiverEnsembleError(
                     f"ensemble members read different inputs: {first.version} takes {', '.join(first.channels)} "
                     f"({first.modality}), {member.version} takes {', '.join(member.channels)} ({member.modality})")
-            if member.spacing != first.spacing or member.normalisation != first.normalisation:
+            if combination == COMBINATION and (member.spacing != first.spacing
+                                               or member.normalisation != first.normalisation):
                 raise LiverEnsembleError(
                     f"ensemble members prepare their input differently: {first.version} at {first.spacing} mm "
                     f"with {first.normalisation}, {member.version} at {member.spacing} mm with "
                     f"{member.normalisation}; an ensemble's members share model spacing and normalisation")
         self.members = list(members)
         self.manifest = dict(manifest)
+        self.combination = combination
         self.channels: tuple[str, ...] = first.channels
         self.modality: str = first.modality
-        self.spacing: tuple[float, float, float] = first.spacing
+        #: The grid the tumours are found on (every member's for a mean, the second's for a cascade):
+        #: evaluation phantoms are simulated on it, and the pipeline routes studies by it.
+        self.spacing: tuple[float, float, float] = members[-1].spacing
         self.device: torch.device = first.device
 
     @classmethod
@@ -93,11 +116,15 @@ class LiverEnsemble:
         return str(self.manifest["model_version"])
 
     def segment(self, channels: np.ndarray, spacing: Sequence[float]) -> np.ndarray:
-        """The members' mean probabilities ``[3, z, y, x]`` on the study's grid (see ``LiverSegmenter.segment``).
+        """The combined probabilities ``[3, z, y, x]`` on the study's grid (see ``LiverSegmenter.segment``).
 
-        The members share model spacing and normalisation, so the input is
-        prepared once and the mean resampled back once (resampling is linear).
+        Averaging members share model spacing and normalisation, so the input is
+        prepared once and the mean resampled back once (resampling is linear). A
+        cascade's members each run on their own grid.
         """
+        if self.combination == CASCADE:
+            liver, tumour = (member.segment(channels, spacing) for member in self.members)
+            return cascade_probabilities(liver, tumour)
         first = self.members[0]
         inputs = first.model_grid_input(channels, spacing)
         total = first.predict(inputs, normalised=True)
@@ -108,6 +135,16 @@ class LiverEnsemble:
 
 
 LiverModel = lw.LiverSegmenter | LiverEnsemble
+
+
+def cascade_probabilities(liver: np.ndarray, tumour: np.ndarray) -> np.ndarray:
+    """``[background, liver, tumour]`` probabilities of a cascade: background from *liver* (the first member's
+    probabilities), the rest shared between liver and tumour as *tumour* (the second's) shares it; where the
+    second sees only background, the rest is liver."""
+    inside = tumour[1] + tumour[2]
+    tumour_share = np.divide(tumour[2], inside, out=np.zeros_like(inside), where=inside > 0)
+    rest = 1.0 - liver[0]
+    return np.stack([liver[0], rest * (1.0 - tumour_share), rest * tumour_share]).astype(np.float32, copy=False)
 
 
 def read_ensemble_manifest(path: str | Path) -> dict[str, Any]:
@@ -145,12 +182,14 @@ def load_liver_model(path: str | Path, device: torch.device | str | None = None)
 
 
 def build_ensemble_manifest(model_version: str, member_manifests: Sequence[str | Path],
-                            metrics: Mapping[str, Any] | None = None) -> dict[str, Any]:
+                            metrics: Mapping[str, Any] | None = None, *,
+                            combination: str = COMBINATION) -> dict[str, Any]:
     """The manifest of an ensemble of the models whose manifests are *member_manifests*.
 
     The members must lie in one folder, where the ensemble's manifest is written
     too, so that the three travel together. Each member is loaded (and so
-    checked) here, and must read the same inputs as the others.
+    checked) here, and must read the same inputs as the others. *combination*
+    is :data:`COMBINATION` (the mean) or :data:`CASCADE` (liver model, then tumour model).
     """
     paths = [Path(p).with_suffix(".json") for p in member_manifests]
     folders = {p.resolve().parent for p in paths}
@@ -158,37 +197,42 @@ def build_ensemble_manifest(model_version: str, member_manifests: Sequence[str |
         raise LiverEnsembleError("ensemble members must lie in one folder (the ensemble's manifest goes there "
                                  f"too); got {', '.join(sorted(str(f) for f in folders))}")
     members = [lw.LiverSegmenter.load(p, device="cpu") for p in paths]
-    ensemble = LiverEnsemble(members, {"model_version": model_version})
+    ensemble = LiverEnsemble(members, {"model_version": model_version, "combination": combination})
     return {
         "format": ENSEMBLE_FORMAT,
         "format_version": ENSEMBLE_FORMAT_VERSION,
         "model_version": model_version,
         "members": [{"manifest": p.name, "model_version": m.version, "weights_sha256": m.manifest["weights_sha256"]}
                     for p, m in zip(paths, members, strict=True)],
-        "combination": COMBINATION,
-        "input": {"channels": list(ensemble.channels), "modality": ensemble.modality},
+        "combination": combination,
+        "input": {"channels": list(ensemble.channels), "modality": ensemble.modality,
+                  "spacing_zyx_mm": list(ensemble.spacing)},
         "classes": list(members[0].manifest["classes"]),
         "metrics": dict(metrics or {}),
         "intended_use": "research use only; not a medical device",
     }
 
 
-def write_ensemble(model_version: str, member_manifests: Sequence[str | Path]) -> Path:
+def write_ensemble(model_version: str, member_manifests: Sequence[str | Path], *,
+                   combination: str = COMBINATION) -> Path:
     """Write ``<model_version>.json`` beside the members (:func:`build_ensemble_manifest`); return its path."""
-    manifest = build_ensemble_manifest(model_version, member_manifests)
+    manifest = build_ensemble_manifest(model_version, member_manifests, combination=combination)
     path = Path(member_manifests[0]).resolve().parent / f"{model_version}.json"
     lw.write_manifest(manifest, path)
     return path
 
 
 __all__ = [
+    "CASCADE",
     "COMBINATION",
+    "COMBINATIONS",
     "ENSEMBLE_FORMAT",
     "ENSEMBLE_FORMAT_VERSION",
     "LiverEnsemble",
     "LiverEnsembleError",
     "LiverModel",
     "build_ensemble_manifest",
+    "cascade_probabilities",
     "is_ensemble",
     "load_liver_model",
     "read_ensemble_manifest",

@@ -816,6 +816,10 @@ def ensemble_main(argv: Sequence[str] | None = None) -> int:
                                          "e.g. liver-seg-ct-multiphase-ensemble-v1")
     parser.add_argument("members", nargs="*", metavar="MEMBER",
                         help="manifests of two or more models of the same inputs, in one folder")
+    parser.add_argument("--cascade", action="store_true",
+                        help="two MEMBERs, the liver model then the tumour model: the first says where the liver "
+                             "is, the second how it splits into liver and tumour (seed 000's cascade); they may "
+                             "work on different grids. Default: the members' probabilities are averaged")
     parser.add_argument("--evaluation-cases", type=int, default=TrainingSettings().evaluation_cases,
                         help="held-out phantoms (seeds 0…) to evaluate on (with --confirm: confirmation phantoms)")
     parser.add_argument("--threads", type=int, default=TrainingSettings().threads)
@@ -832,10 +836,13 @@ def ensemble_main(argv: Sequence[str] | None = None) -> int:
         parser.error("--confirm goes with --evaluate-only")
     if args.evaluate_only == bool(args.members):
         parser.error("give two or more MEMBER manifests, or --evaluate-only without members")
+    if args.cascade and len(args.members) != 2:
+        parser.error("--cascade takes two MEMBER manifests: the liver model, then the tumour model")
     torch.set_num_threads(args.threads)
     try:
         path = (args.out / f"{args.version}.json" if args.evaluate_only
-                else ensemble.write_ensemble(args.version, args.members))
+                else ensemble.write_ensemble(args.version, args.members,
+                                             combination=ensemble.CASCADE if args.cascade else ensemble.COMBINATION))
         record_ensemble_evaluation(path, args.evaluation_cases, confirmation=args.confirm,
                                    min_lesion_ml=args.min_lesion_ml)
     except (ValueError, lw.LiverModelError) as exc:
