@@ -582,7 +582,7 @@ def evaluate_liver_seg(modality: str, cases: int, first_seed: int, model_path: P
     picks for the phantoms' grid beside the portal-venous one; ``--compare`` adds others)."""
     from inference.liver.comparison import compare_models, format_comparison
     from inference.liver.phantom import DEFAULT_SPACING
-    from inference.liver.pipeline import multiphase_ct_model_for
+    from inference.liver.pipeline import model_for_grid
     from inference.liver.weights import LiverModelError, default_weights
 
     if no_baseline and baseline_path is not None:
@@ -592,8 +592,8 @@ def evaluate_liver_seg(modality: str, cases: int, first_seed: int, model_path: P
         baseline: tuple[str, Path] = ("single-phase baseline", baseline_path or default_weights("mr-baseline"))
     else:
         grid = spacing if spacing is not None else DEFAULT_SPACING
-        models = {"multi-phase CT model": model_path or multiphase_ct_model_for(grid)}
-        baseline = ("portal-venous CT U-Net", baseline_path or default_weights("ct"))
+        models = {"multi-phase CT model": model_path or model_for_grid("ct-multiphase", grid)}
+        baseline = ("portal-venous CT U-Net", baseline_path or model_for_grid("ct", grid))
     if not no_baseline:
         models[baseline[0]] = baseline[1]
     models.update({path.stem: path for path in compared})

@@ -17,6 +17,7 @@ from dicom_io.reader import read_dynamic_series, read_series
 from dicom_io.seg_reader import read_segmentation
 from dicom_io.study import group_study
 from inference.base import PipelineInputError, SeriesInput, StudyInput
+from inference.liver.ensemble import read_model_manifest
 from inference.liver.phantom import simulate_liver_ct, simulate_liver_mr
 from inference.liver.phantom_dicom import write_liver_ct_study, write_liver_dce_study
 from inference.liver.phases import (
@@ -26,14 +27,15 @@ from inference.liver.phases import (
     identify_liver_study,
 )
 from inference.liver.pipeline import (
+    FINER_MODELS,
     SERIES,
     LiverOptions,
     LiverSegmentationPipeline,
-    multiphase_ct_model_for,
+    model_for_grid,
     prepare_study,
 )
 from inference.liver.postprocess import MIN_LESION_VOLUME_ML
-from inference.liver.weights import default_weights, read_manifest
+from inference.liver.weights import default_weights
 from tests.dicom_factories import make_ct_datasets, make_mr_datasets, write_series
 from tests.dicom_validate import assert_valid_dicom
 
@@ -44,6 +46,7 @@ MR_WEIGHTS = default_weights("mr")
 CT_WEIGHTS = default_weights("ct")
 CT_MULTIPHASE_WEIGHTS = default_weights("ct-multiphase")
 CT_MULTIPHASE_FINE_WEIGHTS = default_weights("ct-multiphase-fine")
+CT_FINE_WEIGHTS = default_weights("ct-fine")
 
 
 def _tm(seconds: float) -> str:
@@ -361,14 +364,18 @@ def test_a_multiphase_ct_goes_to_the_multiphase_model_with_its_phases_registered
         LiverOptions.from_options({"ct_method": "both"})
 
 
-def test_a_multiphase_ct_of_fine_pixels_and_slices_up_to_2_5_mm_goes_to_the_fine_grid_model():
+@pytest.mark.parametrize("name", ["ct-multiphase", "ct"])
+def test_a_ct_of_fine_pixels_and_slices_up_to_2_5_mm_goes_to_the_fine_grid_model(name):
+    [finer] = FINER_MODELS[name]
+    fine, coarse = default_weights(finer), default_weights(name)
     fine_grid = (2.0, 1.5, 1.5)
-    assert tuple(read_manifest(CT_MULTIPHASE_FINE_WEIGHTS)["input"]["spacing_zyx_mm"]) == fine_grid
+    assert tuple(read_model_manifest(fine)["input"]["spacing_zyx_mm"]) == fine_grid
+    assert read_model_manifest(fine)["input"]["channels"] == read_model_manifest(coarse)["input"]["channels"]
     for spacing in (fine_grid, (2.05, 1.52, 1.52), (1.25, 0.7, 0.7), (2.5, 0.8, 0.8), (0.625, 0.5, 0.5)):
-        assert multiphase_ct_model_for(spacing) == CT_MULTIPHASE_FINE_WEIGHTS, spacing
+        assert model_for_grid(name, spacing) == fine, spacing
     # coarser pixels, or slices over 2.5 mm: brought up to the fine grid the study would be misread
     for spacing in ((4.0, 3.0, 3.0), (2.0, 1.5, 2.0), (2.0, 1.6, 1.6), (3.0, 0.7, 0.7), (5.0, 0.7, 0.7)):
-        assert multiphase_ct_model_for(spacing) == CT_MULTIPHASE_WEIGHTS, spacing
+        assert model_for_grid(name, spacing) == coarse, spacing
 
 
 @_needs(CT_MULTIPHASE_FINE_WEIGHTS)
@@ -388,6 +395,22 @@ def test_a_fine_multiphase_ct_is_segmented_by_the_fine_grid_model_unless_the_sit
             for algorithm in segment.SegmentationAlgorithmIdentificationSequence
             for p in str(algorithm.get("AlgorithmParameters", "")).split(",")}
     assert f"model={CT_MULTIPHASE_FINE_WEIGHTS.stem}" in used, used
+
+
+@_needs(CT_FINE_WEIGHTS)
+def test_a_fine_single_phase_ct_is_segmented_by_the_portal_venous_cascade_unless_the_site_names_a_model(tmp_path):
+    from inference.liver.training import phantom_grid
+
+    shape, spacing = phantom_grid((2.0, 1.5, 1.5))
+    phantom = simulate_liver_ct(6, n_lesions=2, shape=shape, spacing=spacing)
+    study = _study_input(Path(write_liver_ct_study(phantom, tmp_path / "fine", seed=6)))
+    assert prepare_study(study, LiverOptions.from_options({})).weights == CT_FINE_WEIGHTS
+    assert prepare_study(study, LiverOptions.from_options({"ct_weights": str(CT_WEIGHTS)})).weights == CT_WEIGHTS
+    outputs = LiverSegmentationPipeline().run(study, {"overlay": False})
+    _check_seg_and_sr(outputs, _series_described(study, " PV "), phantom.labels, overlay=False)
+    [seg] = _by_class(outputs, SEG_CLASS)
+    parameters = str(seg.SegmentSequence[0].SegmentationAlgorithmIdentificationSequence[0].AlgorithmParameters)
+    assert f"model={CT_FINE_WEIGHTS.stem}," in parameters, parameters
 
 
 def test_a_single_phase_ct_goes_to_the_portal_venous_model_unless_the_multiphase_one_is_required(tmp_path):

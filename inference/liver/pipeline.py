@@ -9,11 +9,13 @@ over the phases) with sliding windows, brought back onto the portal grid and
 post-processed (one liver, tumours inside it, one lesion per component).
 CT: a multi-phase liver CT (arterial and portal venous series) is read and
 co-registered the same way and segmented by a 3D U-Net reading both phases as
-channels: the one trained on a 2 × 1.5 × 1.5 mm grid for a study of pixels
-that fine and slices up to 2.5 mm, else the one on 4 × 3 × 3 mm
-(:func:`multiphase_ct_model_for`); a CT with one contrast phase only by the 3D
-U-Net on its portal venous series. A route's ``weights``/``ct_weights`` may
-name a model's manifest or an ensemble's (:mod:`inference.liver.ensemble`).
+channels; a CT with one contrast phase only by the 3D U-Net on its portal
+venous series. A CT of pixels up to 1.5 mm and slices up to 2.5 mm gets the
+models trained on a 2 × 1.5 × 1.5 mm grid (for one phase, a cascade: the
+coarse-grid U-Net finds the liver, the fine-grid one the tumours in it), any
+other those on 4 × 3 × 3 mm (:func:`model_for_grid`). A route's
+``weights``/``ct_weights`` may name a model's manifest or an ensemble's
+(:mod:`inference.liver.ensemble`).
 
 Out: a SEG on the reference series (the liver, all tumours, one segment per
 lesion), a TID 1500 SR with the liver volume, the total tumour volume and
@@ -94,11 +96,11 @@ TUMOUR_BURDEN = Code("PN-0101", PRIVATE_SCHEME, "Liver tumour burden")
 PERCENT = codes.UCUM.Percent
 #: The phase whose grid the others are registered onto and the SEG is written on.
 REFERENCE_PHASE = "portal"
-#: Committed multi-phase CT models on grids finer than the default's, finest first (keys of
-#: inference.liver.weights.DEFAULT_MODELS). A study whose grid is within :data:`GRID_SLACK_ZYX` of
-#: one's gets it; a coarser study, brought up to that grid, is misread (liver-seg-ct-multiphase-v13
+#: Committed models (or ensembles) on grids finer than a default model's, finest first, by that default
+#: (all keys of inference.liver.weights.DEFAULT_MODELS). A study whose grid is within :data:`GRID_SLACK_ZYX`
+#: of one's gets it; a coarser study, brought up to that grid, is misread (liver-seg-ct-multiphase-v13
 #: marks dozens of false lesions on 4 × 3 × 3 mm studies), so it goes to the default, coarse-grid model.
-FINER_CT_MULTIPHASE_MODELS = ("ct-multiphase-fine",)
+FINER_MODELS: dict[str, tuple[str, ...]] = {"ct-multiphase": ("ct-multiphase-fine",), "ct": ("ct-fine",)}
 #: How many times coarser than a finer model's grid a study may be along z, y and x: in-plane only
 #: the headers' rounding (v13 fails on 3 mm pixels); along z, 2.5 mm slices for v13's 2 mm, where
 #: it reads phantoms of 0.8 mm pixels far better than v9, while on 5 mm slices it marks false
@@ -210,17 +212,17 @@ def choose_ct_inputs(facts: Sequence[SeriesFacts], options: LiverOptions) -> tup
     return weights_path("CT", options), identify_ct_inputs(facts, rules)
 
 
-def multiphase_ct_model_for(spacing: Sequence[float]) -> Path:
-    """The committed multi-phase CT model for a study of voxel size *spacing* (mm, zyx): the first of
-    :data:`FINER_CT_MULTIPHASE_MODELS` whose grid it is within :data:`GRID_SLACK_ZYX` of, else the default."""
+def model_for_grid(name: str, spacing: Sequence[float]) -> Path:
+    """The committed model *name* (a key of DEFAULT_MODELS) for a study of voxel size *spacing* (mm, zyx):
+    the first of its :data:`FINER_MODELS` whose grid the study is within :data:`GRID_SLACK_ZYX` of, else *name*'s."""
     from inference.liver.weights import default_weights
 
-    for name in FINER_CT_MULTIPHASE_MODELS:
-        path = default_weights(name)
+    for finer in FINER_MODELS.get(name, ()):
+        path = default_weights(finer)
         grid = _manifest_input(path, "spacing_zyx_mm", lambda value: tuple(float(v) for v in value))
         if grid is not None and all(s <= g * slack for s, g, slack in zip(spacing, grid, GRID_SLACK_ZYX, strict=True)):
             return path
-    return default_weights("ct-multiphase")
+    return default_weights(name)
 
 
 def load_segmenter(path: Path, modality: str):  # type: ignore[no-untyped-def]
@@ -351,8 +353,8 @@ def prepare_study(study: StudyInput, settings: LiverOptions) -> PreparedStudy:
 
     Everything that can be wrong with the study itself fails here, before the
     model is loaded, with a :class:`PipelineInputError` naming the problem. A
-    multi-phase CT without a site's model gets the committed model for its
-    grid (:func:`multiphase_ct_model_for`).
+    CT without a site's model gets the committed model for its grid
+    (:func:`model_for_grid`).
     """
     from inference.liver.weights import default_weights
 
@@ -368,12 +370,14 @@ def prepare_study(study: StudyInput, settings: LiverOptions) -> PreparedStudy:
     volumes = {name: read_phase_volume(source, cache) for name, source in inputs.phases.items()}
     if len(volumes) == 1:
         name, volume = next(iter(volumes.items()))
+        if modality == "CT" and settings.ct_weights is None and weights == default_weights("ct"):
+            weights = model_for_grid("ct", volume.spacing)
         return PreparedStudy(modality, inputs, name, volume, np.asarray(volume.array, np.float32)[np.newaxis],
                              (name,), {}, weights)
     registered = register_onto_reference(volumes, settings)
     reference = volumes[registered.reference]
     if modality == "CT" and settings.ct_weights is None and weights == default_weights("ct-multiphase"):
-        weights = multiphase_ct_model_for(reference.spacing)
+        weights = model_for_grid("ct-multiphase", reference.spacing)
     return PreparedStudy(modality, inputs, registered.reference, reference, registered.array,
                          registered.names, dict(registered.registrations), weights)
 

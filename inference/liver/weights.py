@@ -53,6 +53,7 @@ DEFAULT_MODELS = {
     "ct": "liver-seg-ct-v6",
     "ct-multiphase": "liver-seg-ct-multiphase-v9",
     "ct-multiphase-fine": "liver-seg-ct-multiphase-v15",
+    "ct-fine": "liver-seg-ct-ensemble-v1",
     "mr-baseline": "liver-seg-mr-baseline-v7",
 }
 #: Sliding-window overlap between neighbouring windows (fraction of the window).
