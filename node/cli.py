@@ -560,7 +560,8 @@ def evaluate_liver_cls(ctx: click.Context) -> None:
 @click.option("--baseline", "baseline_path", default=None,
               type=click.Path(exists=True, dir_okay=False, path_type=Path),
               help="Manifest of the single-phase model it is compared with (MR: the portal-phase baseline; "
-                   "CT: the portal-venous model; default: the committed one).")
+                   "CT: the portal-venous model; default: the committed one, on CT the one the pipeline picks "
+                   "for the phantoms' grid).")
 @click.option("--no-baseline", is_flag=True,
               help="Score only the model (and any --compare), not the single-phase one beside it.")
 @click.option("--compare", "compared", multiple=True,
