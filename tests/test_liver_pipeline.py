@@ -648,7 +648,8 @@ def test_evaluate_command_scores_models_on_phantoms_of_another_grid_with_further
 
 
 @_needs(CT_MULTIPHASE_FINE_WEIGHTS)
-def test_evaluate_command_scores_the_model_the_pipeline_picks_for_the_grid_and_can_leave_the_baseline_out():
+@_needs(CT_FINE_WEIGHTS)
+def test_evaluate_command_scores_the_models_the_pipeline_picks_for_the_grid_and_can_leave_the_baseline_out():
     import json
 
     from click.testing import CliRunner
@@ -656,12 +657,17 @@ def test_evaluate_command_scores_the_model_the_pipeline_picks_for_the_grid_and_c
     from node.cli import main
 
     result = CliRunner().invoke(main, ["evaluate", "liver-seg", "--modality", "ct", "--cases", "1", "--seed", "17",
-                                       "--spacing", "2", "1.5", "1.5", "--no-baseline", "--json"])
+                                       "--spacing", "2", "1.5", "1.5", "--json"])
     assert result.exit_code == 0, result.output
     models = json.loads(result.output)["models"]
-    assert list(models) == ["multi-phase CT model"]  # no portal-venous column
+    # on a fine grid both are the pipeline's fine-grid choices: v15, and the portal-venous cascade
     assert models["multi-phase CT model"]["model"] == CT_MULTIPHASE_FINE_WEIGHTS.stem
-    assert models["multi-phase CT model"]["summary"]["liver"]["dice"] >= 0.9
+    assert models["portal-venous CT U-Net"]["model"] == CT_FINE_WEIGHTS.stem
+    assert all(entry["summary"]["liver"]["dice"] >= 0.9 for entry in models.values())
+    result = CliRunner().invoke(main, ["evaluate", "liver-seg", "--modality", "ct", "--cases", "1", "--seed", "17",
+                                       "--spacing", "8", "6", "6", "--no-baseline", "--json"])
+    assert result.exit_code == 0, result.output
+    assert list(json.loads(result.output)["models"]) == ["multi-phase CT model"]  # no portal-venous column
     contradictory = CliRunner().invoke(main, ["evaluate", "liver-seg", "--no-baseline", "--baseline",
                                               str(CT_WEIGHTS)])
     assert contradictory.exit_code != 0 and "--no-baseline" in contradictory.output
