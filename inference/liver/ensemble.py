@@ -6,11 +6,11 @@ outlines the lesions it finds more closely; the mean of their probabilities
 keeps most of both (see the model card's "Ensembles").
 
 A cascade, after seed 000's liver-then-lesion system, takes where the liver is
-from its first member and how the liver splits into liver and tumour from its
-second. Its members may work on different grids: a portal-venous CT model on
-the coarse grid tells the liver from its neighbours, one on a finer grid finds
-more of the lesions but, from one phase in a small crop, grows the liver into
-the organs beside it.
+from its first member and how the liver splits into liver and tumour from the
+mean of the others. Its members may work on different grids: a portal-venous CT
+model on the coarse grid tells the liver from its neighbours, models on a finer
+grid find more of the lesions but, from one phase in a small crop, grow the
+liver into the organs beside it.
 
 An ensemble travels as one manifest (format ``pacsnode-liver-seg-ensemble``)
 in the folder of its members' own manifests and weights. It pins each member
@@ -44,9 +44,9 @@ ENSEMBLE_FORMAT_VERSION = 1
 #: How the members' outputs are combined (the manifest's ``combination``): the default, averaging.
 COMBINATION = "mean of the members' class probabilities, then argmax"
 #: The cascade's combination: P(background) from the first member, the rest shared between liver and
-#: tumour in the second member's proportions (its tumour probability given liver or tumour).
+#: tumour in the proportions of the other members' mean probabilities (tumour given liver or tumour).
 CASCADE = ("background probability from the first member, the rest split between liver and tumour as the "
-           "second member splits it, then argmax")
+           "mean of the other members' probabilities splits it, then argmax")
 COMBINATIONS = (COMBINATION, CASCADE)
 
 _REQUIRED = ("model_version", "members", "input")
@@ -67,9 +67,6 @@ class LiverEnsemble:
         if combination not in COMBINATIONS:
             raise LiverEnsembleError(f"ensemble {manifest.get('model_version', 'unknown')}: unknown combination "
                                      f"{combination!r}; known: {' | '.join(COMBINATIONS)}; {_FIX}")
-        if combination == CASCADE and len(members) != 2:
-            raise LiverEnsembleError(f"a cascade has two members, the liver model then the tumour model; got "
-                                     f"{len(members)}")
         first = members[0]
         for member in members[1:]:
             if member.channels != first.channels or member.modality.upper() != first.modality.upper():
@@ -87,7 +84,7 @@ class LiverEnsemble:
         self.combination = combination
         self.channels: tuple[str, ...] = first.channels
         self.modality: str = first.modality
-        #: The grid the tumours are found on (every member's for a mean, the second's for a cascade):
+        #: The grid the tumours are found on (every member's for a mean, the last's for a cascade):
         #: evaluation phantoms are simulated on it, and the pipeline routes studies by it.
         self.spacing: tuple[float, float, float] = members[-1].spacing
         self.device: torch.device = first.device
@@ -123,8 +120,11 @@ class LiverEnsemble:
         cascade's members each run on their own grid.
         """
         if self.combination == CASCADE:
-            liver, tumour = (member.segment(channels, spacing) for member in self.members)
-            return cascade_probabilities(liver, tumour)
+            liver = self.members[0].segment(channels, spacing)
+            tumour = self.members[1].segment(channels, spacing)
+            for member in self.members[2:]:
+                tumour += member.segment(channels, spacing)
+            return cascade_probabilities(liver, tumour / (len(self.members) - 1))
         first = self.members[0]
         inputs = first.model_grid_input(channels, spacing)
         total = first.predict(inputs, normalised=True)
@@ -139,8 +139,8 @@ LiverModel = lw.LiverSegmenter | LiverEnsemble
 
 def cascade_probabilities(liver: np.ndarray, tumour: np.ndarray) -> np.ndarray:
     """``[background, liver, tumour]`` probabilities of a cascade: background from *liver* (the first member's
-    probabilities), the rest shared between liver and tumour as *tumour* (the second's) shares it; where the
-    second sees only background, the rest is liver."""
+    probabilities), the rest shared between liver and tumour as *tumour* (the others' mean) shares it; where
+    *tumour* sees only background, the rest is liver."""
     inside = tumour[1] + tumour[2]
     tumour_share = np.divide(tumour[2], inside, out=np.zeros_like(inside), where=inside > 0)
     rest = 1.0 - liver[0]
@@ -189,7 +189,7 @@ def build_ensemble_manifest(model_version: str, member_manifests: Sequence[str |
     The members must lie in one folder, where the ensemble's manifest is written
     too, so that the three travel together. Each member is loaded (and so
     checked) here, and must read the same inputs as the others. *combination*
-    is :data:`COMBINATION` (the mean) or :data:`CASCADE` (liver model, then tumour model).
+    is :data:`COMBINATION` (the mean) or :data:`CASCADE` (the liver model, then the tumour models).
     """
     paths = [Path(p).with_suffix(".json") for p in member_manifests]
     folders = {p.resolve().parent for p in paths}

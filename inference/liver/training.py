@@ -817,9 +817,9 @@ def ensemble_main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("members", nargs="*", metavar="MEMBER",
                         help="manifests of two or more models of the same inputs, in one folder")
     parser.add_argument("--cascade", action="store_true",
-                        help="two MEMBERs, the liver model then the tumour model: the first says where the liver "
-                             "is, the second how it splits into liver and tumour (seed 000's cascade); they may "
-                             "work on different grids. Default: the members' probabilities are averaged")
+                        help="the liver model, then one or more tumour models: the first says where the liver "
+                             "is, the mean of the others how it splits into liver and tumour (seed 000's cascade); "
+                             "they may work on different grids. Default: the members' probabilities are averaged")
     parser.add_argument("--evaluation-cases", type=int, default=TrainingSettings().evaluation_cases,
                         help="held-out phantoms (seeds 0…) to evaluate on (with --confirm: confirmation phantoms)")
     parser.add_argument("--threads", type=int, default=TrainingSettings().threads)
@@ -836,8 +836,6 @@ def ensemble_main(argv: Sequence[str] | None = None) -> int:
         parser.error("--confirm goes with --evaluate-only")
     if args.evaluate_only == bool(args.members):
         parser.error("give two or more MEMBER manifests, or --evaluate-only without members")
-    if args.cascade and len(args.members) != 2:
-        parser.error("--cascade takes two MEMBER manifests: the liver model, then the tumour model")
     torch.set_num_threads(args.threads)
     try:
         path = (args.out / f"{args.version}.json" if args.evaluate_only
