@@ -724,7 +724,7 @@ def _ensemble_lines(manifests: Sequence[tuple[str, dict[str, Any]]],
              "ensemble's members share model spacing and normalisation, so a study is resampled once and",
              "each member's network runs on it (the benchmark gives the cost). A cascade (seed 000's",
              "liver-then-lesion system) takes the background probability from its first member and",
-             "shares the rest between liver and tumour as its second member does; each member reads the",
+             "shares the rest between liver and tumour as the mean of its other members does; each member reads the",
              "study on its own grid.", "",
              "| ensemble | combination | members | input |", "|---|---|---|---|"]
     for _name, m in ensembles:
