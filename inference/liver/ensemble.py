@@ -117,21 +117,35 @@ class LiverEnsemble:
 
         Averaging members share model spacing and normalisation, so the input is
         prepared once and the mean resampled back once (resampling is linear). A
-        cascade's members each run on their own grid.
+        cascade's liver model runs on its own grid, its tumour models on theirs.
         """
         if self.combination == CASCADE:
             liver = self.members[0].segment(channels, spacing)
-            tumour = self.members[1].segment(channels, spacing)
-            for member in self.members[2:]:
-                tumour += member.segment(channels, spacing)
-            return cascade_probabilities(liver, tumour / (len(self.members) - 1))
-        first = self.members[0]
-        inputs = first.model_grid_input(channels, spacing)
-        total = first.predict(inputs, normalised=True)
-        for member in self.members[1:]:
-            total += member.predict(inputs, normalised=True)
-        total /= len(self.members)
-        return preprocess.probabilities_to_grid(total, first.spacing, np.shape(channels)[1:], spacing)
+            return cascade_probabilities(liver, mean_probabilities(self.members[1:], channels, spacing))
+        return mean_probabilities(self.members, channels, spacing)
+
+
+def mean_probabilities(members: Sequence[lw.LiverSegmenter], channels: np.ndarray,
+                       spacing: Sequence[float]) -> np.ndarray:
+    """The members' mean probabilities ``[3, z, y, x]`` on the study's grid.
+
+    Members of one model spacing and normalisation read one prepared input, and
+    their mean is resampled back once (resampling is linear): the cost of a
+    study's resampling is paid per grid, not per member.
+    """
+    groups: dict[str, list[lw.LiverSegmenter]] = {}
+    for member in members:
+        groups.setdefault(json.dumps([member.spacing, member.normalisation], sort_keys=True), []).append(member)
+    shape = np.shape(channels)[1:]
+    total = np.zeros((3, *shape), np.float32)
+    for group in groups.values():
+        inputs = group[0].model_grid_input(channels, spacing)
+        on_model_grid = group[0].predict(inputs, normalised=True)
+        for member in group[1:]:
+            on_model_grid += member.predict(inputs, normalised=True)
+        on_model_grid /= len(group)
+        total += len(group) * preprocess.probabilities_to_grid(on_model_grid, group[0].spacing, shape, spacing)
+    return total / len(members)
 
 
 LiverModel = lw.LiverSegmenter | LiverEnsemble
@@ -235,6 +249,7 @@ __all__ = [
     "cascade_probabilities",
     "is_ensemble",
     "load_liver_model",
+    "mean_probabilities",
     "read_ensemble_manifest",
     "read_model_manifest",
     "write_ensemble",
