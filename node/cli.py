@@ -555,8 +555,8 @@ def evaluate_liver_cls(ctx: click.Context) -> None:
 @click.option("--seed", "first_seed", default=0, show_default=True, type=int,
               help="Seed of the first phantom; the others follow. Training seeds are refused.")
 @click.option("--model", "model_path", default=None, type=click.Path(exists=True, dir_okay=False, path_type=Path),
-              help="Manifest of the model to score (default: the committed one the pipeline would run on a "
-                   "study of the phantoms' grid).")
+              help="Manifest of the model to score, labelled by its version (default: the committed one the "
+                   "pipeline would run on a study of the phantoms' grid).")
 @click.option("--baseline", "baseline_path", default=None,
               type=click.Path(exists=True, dir_okay=False, path_type=Path),
               help="Manifest of the single-phase model it is compared with (MR: the portal-phase baseline; "
@@ -588,13 +588,14 @@ def evaluate_liver_seg(modality: str, cases: int, first_seed: int, model_path: P
 
     if no_baseline and baseline_path is not None:
         raise click.UsageError("--baseline and --no-baseline contradict each other; give one")
+    grid = spacing if spacing is not None else DEFAULT_SPACING
     if modality == "mr":
-        models: dict[str, str | Path] = {"4D fused U-Net": model_path or default_weights("mr")}
+        label, default = "4D fused U-Net", model_for_grid("mr", grid)
         baseline: tuple[str, Path] = ("single-phase baseline", baseline_path or default_weights("mr-baseline"))
     else:
-        grid = spacing if spacing is not None else DEFAULT_SPACING
-        models = {"multi-phase CT model": model_path or model_for_grid("ct-multiphase", grid)}
+        label, default = "multi-phase CT model", model_for_grid("ct-multiphase", grid)
         baseline = ("portal-venous CT U-Net", baseline_path or model_for_grid("ct", grid))
+    models: dict[str, str | Path] = {model_path.stem if model_path else label: model_path or default}
     if not no_baseline:
         models[baseline[0]] = baseline[1]
     models.update({path.stem: path for path in compared})

@@ -665,9 +665,11 @@ def test_evaluate_command_scores_the_models_the_pipeline_picks_for_the_grid_and_
     assert models["portal-venous CT U-Net"]["model"] == CT_FINE_WEIGHTS.stem
     assert all(entry["summary"]["liver"]["dice"] >= 0.9 for entry in models.values())
     result = CliRunner().invoke(main, ["evaluate", "liver-seg", "--modality", "ct", "--cases", "1", "--seed", "17",
-                                       "--spacing", "8", "6", "6", "--no-baseline", "--json"])
+                                       "--spacing", "8", "6", "6", "--no-baseline", "--model", str(CT_WEIGHTS),
+                                       "--json"])
     assert result.exit_code == 0, result.output
-    assert list(json.loads(result.output)["models"]) == ["multi-phase CT model"]  # no portal-venous column
+    # no portal-venous column beside it, and a model given by --model is labelled by its version
+    assert list(json.loads(result.output)["models"]) == [CT_WEIGHTS.stem]
     contradictory = CliRunner().invoke(main, ["evaluate", "liver-seg", "--no-baseline", "--baseline",
                                               str(CT_WEIGHTS)])
     assert contradictory.exit_code != 0 and "--no-baseline" in contradictory.output

@@ -225,6 +225,19 @@ def model_for_grid(name: str, spacing: Sequence[float]) -> Path:
     return default_weights(name)
 
 
+def model_for_study(weights: Path, modality: str, settings: LiverOptions, spacing: Sequence[float]) -> Path:
+    """*weights*, or the committed model for the study's grid when *weights* is a default model the
+    route did not name and that default has :data:`FINER_MODELS` (:func:`model_for_grid`)."""
+    from inference.liver.weights import default_weights
+
+    if (settings.ct_weights if modality == "CT" else settings.weights) is not None:
+        return weights
+    for name in FINER_MODELS:
+        if weights == default_weights(name):
+            return model_for_grid(name, spacing)
+    return weights
+
+
 def load_segmenter(path: Path, modality: str):  # type: ignore[no-untyped-def]
     """The model (or ensemble) of manifest *path*, checked to be for *modality*; problems fail the job."""
     from inference.liver.ensemble import load_liver_model
@@ -353,11 +366,9 @@ def prepare_study(study: StudyInput, settings: LiverOptions) -> PreparedStudy:
 
     Everything that can be wrong with the study itself fails here, before the
     model is loaded, with a :class:`PipelineInputError` naming the problem. A
-    CT without a site's model gets the committed model for its grid
-    (:func:`model_for_grid`).
+    study without a site's model gets the committed model for its grid
+    (:func:`model_for_study`).
     """
-    from inference.liver.weights import default_weights
-
     facts = [read_series_facts(s) for s in study.series if s.paths]
     modality = choose_modality(facts, settings.rules, settings.modality)
     if modality == "CT":
@@ -370,16 +381,13 @@ def prepare_study(study: StudyInput, settings: LiverOptions) -> PreparedStudy:
     volumes = {name: read_phase_volume(source, cache) for name, source in inputs.phases.items()}
     if len(volumes) == 1:
         name, volume = next(iter(volumes.items()))
-        if modality == "CT" and settings.ct_weights is None and weights == default_weights("ct"):
-            weights = model_for_grid("ct", volume.spacing)
         return PreparedStudy(modality, inputs, name, volume, np.asarray(volume.array, np.float32)[np.newaxis],
-                             (name,), {}, weights)
+                             (name,), {}, model_for_study(weights, modality, settings, volume.spacing))
     registered = register_onto_reference(volumes, settings)
     reference = volumes[registered.reference]
-    if modality == "CT" and settings.ct_weights is None and weights == default_weights("ct-multiphase"):
-        weights = model_for_grid("ct-multiphase", reference.spacing)
     return PreparedStudy(modality, inputs, registered.reference, reference, registered.array,
-                         registered.names, dict(registered.registrations), weights)
+                         registered.names, dict(registered.registrations),
+                         model_for_study(weights, modality, settings, reference.spacing))
 
 
 class LiverSegmentationPipeline(Pipeline):

@@ -753,7 +753,9 @@ def _ensemble_lines(manifests: Sequence[tuple[str, dict[str, Any]]],
              "| ensemble | combination | members | input |", "|---|---|---|---|"]
     for _name, m in ensembles:
         members = ", ".join(f"`{p['model_version']}`" for p in m["members"])
-        how = "cascade (liver, then tumour)" if m.get("combination") == CASCADE else "mean"
+        tumour_models = len(m["members"]) - 1
+        how = ("mean" if m.get("combination") != CASCADE else "cascade (liver, then tumour)" if tumour_models == 1
+               else f"cascade (liver, then the mean of {tumour_models} tumour models)")
         lines.append(f"| `{m['model_version']}` | {how} | {members} | {', '.join(m['input']['channels'])} "
                      f"({m['input']['modality']}) |")
     lines.append("")
