@@ -43,6 +43,7 @@ SEG_CLASS = "1.2.840.10008.5.1.4.1.1.66.4"
 SR_CLASS = "1.2.840.10008.5.1.4.1.1.88.33"
 SC_CLASS = "1.2.840.10008.5.1.4.1.1.7"
 MR_WEIGHTS = default_weights("mr")
+MR_FINE_WEIGHTS = default_weights("mr-fine")
 CT_WEIGHTS = default_weights("ct")
 CT_MULTIPHASE_WEIGHTS = default_weights("ct-multiphase")
 CT_MULTIPHASE_FINE_WEIGHTS = default_weights("ct-multiphase-fine")
@@ -364,18 +365,40 @@ def test_a_multiphase_ct_goes_to_the_multiphase_model_with_its_phases_registered
         LiverOptions.from_options({"ct_method": "both"})
 
 
-@pytest.mark.parametrize("name", ["ct-multiphase", "ct"])
-def test_a_ct_of_fine_pixels_and_slices_up_to_2_5_mm_goes_to_the_fine_grid_model(name):
+_CT_FINE = (2.0, 1.5, 1.5), ((2.05, 1.52, 1.52), (1.25, 0.7, 0.7), (2.5, 0.8, 0.8), (0.625, 0.5, 0.5)), (
+    (4.0, 3.0, 3.0), (2.0, 1.5, 2.0), (2.0, 1.6, 1.6), (3.0, 0.7, 0.7), (5.0, 0.7, 0.7))
+_MR_FINE = (3.0, 1.5, 1.5), ((3.5, 1.52, 1.52), (2.0, 0.75, 0.75), (3.75, 1.4, 1.4)), (
+    (4.0, 3.0, 3.0), (3.0, 1.6, 1.6), (4.0, 1.5, 1.5), (5.0, 0.8, 0.8))
+
+
+@pytest.mark.parametrize(("name", "grids"), [("ct-multiphase", _CT_FINE), ("ct", _CT_FINE), ("mr", _MR_FINE)])
+def test_a_study_of_fine_pixels_and_slices_goes_to_the_fine_grid_model(name, grids):
+    fine_grid, finer_studies, coarser_studies = grids
     [finer] = FINER_MODELS[name]
     fine, coarse = default_weights(finer), default_weights(name)
-    fine_grid = (2.0, 1.5, 1.5)
     assert tuple(read_model_manifest(fine)["input"]["spacing_zyx_mm"]) == fine_grid
     assert read_model_manifest(fine)["input"]["channels"] == read_model_manifest(coarse)["input"]["channels"]
-    for spacing in (fine_grid, (2.05, 1.52, 1.52), (1.25, 0.7, 0.7), (2.5, 0.8, 0.8), (0.625, 0.5, 0.5)):
+    for spacing in (fine_grid, *finer_studies):
         assert model_for_grid(name, spacing) == fine, spacing
-    # coarser pixels, or slices over 2.5 mm: brought up to the fine grid the study would be misread
-    for spacing in ((4.0, 3.0, 3.0), (2.0, 1.5, 2.0), (2.0, 1.6, 1.6), (3.0, 0.7, 0.7), (5.0, 0.7, 0.7)):
+    # coarser pixels, or slices over 1.25 times the grid's: brought up to the fine grid the study would be misread
+    for spacing in coarser_studies:
         assert model_for_grid(name, spacing) == coarse, spacing
+
+
+@_needs(MR_FINE_WEIGHTS)
+def test_a_fine_dce_study_is_segmented_by_the_fine_grid_4d_model_unless_the_route_names_one(tmp_path):
+    # 120 x 288 x 336 mm at 3 x 1.5 x 1.5 mm: the 4D test's field of view above, on the fine model's grid
+    phantom = simulate_liver_mr(8, shape=(40, 192, 224), spacing=(3.0, 1.5, 1.5), n_lesions=2)
+    study = _study_input(Path(write_liver_dce_study(phantom, tmp_path / "fine", seed=8)))
+    assert prepare_study(study, LiverOptions.from_options({})).weights == MR_FINE_WEIGHTS
+    assert prepare_study(study, LiverOptions.from_options({"weights": str(MR_WEIGHTS)})).weights == MR_WEIGHTS
+    baseline = default_weights("mr-baseline")  # the single-phase baseline has no finer sibling
+    assert prepare_study(study, LiverOptions.from_options({"method": "baseline"})).weights == baseline
+    outputs = LiverSegmentationPipeline().run(study, {"overlay": False})
+    _check_seg_and_sr(outputs, _series_described(study, "portal"), phantom.labels, overlay=False)
+    [seg] = _by_class(outputs, SEG_CLASS)
+    parameters = str(seg.SegmentSequence[0].SegmentationAlgorithmIdentificationSequence[0].AlgorithmParameters)
+    assert f"model={MR_FINE_WEIGHTS.stem}," in parameters, parameters
 
 
 @_needs(CT_MULTIPHASE_FINE_WEIGHTS)

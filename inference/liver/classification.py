@@ -10,8 +10,9 @@ After seed 003 (Zhen et al. 2020). The data path:
 2. **Lesions** (:mod:`inference.liver.lesion_source`): from a SEG in the
    study — pacsnode's own liver-segmentation output or the site's
    radiologist ROI — on the grid of the series it was drawn on; without one,
-   the liver-segmentation model finds them on the portal venous phase (this
-   needs the four DCE phases) and the SEG is sent with the results.
+   the liver-segmentation model for the study's grid finds them on the portal
+   venous phase (this needs the four DCE phases) and the SEG is sent with the
+   results.
 3. **Alignment**: every sequence is rigidly registered onto the lesions' grid
    (:mod:`dicom_io.registration`).
 4. **Models** (:mod:`inference.liver.lesion_classifier`): lesion-centred
@@ -87,6 +88,7 @@ from inference.liver.pipeline import (
     LiverOptions,
     lesion_findings,
     load_segmenter,
+    model_for_study,
     read_phase_volume,
     source_datasets,
     weights_path,
@@ -262,7 +264,8 @@ def lesions_by_segmentation(found: LesionStudySequences, options: Classification
     volumes = {n: read_phase_volume(s, cache) for n, s in found.sequences.items()}
     images, shifts = _register(volumes, SEGMENTATION_REFERENCE, options.registration)
     reference = volumes[SEGMENTATION_REFERENCE]
-    segmenter = load_segmenter(weights_path("MR", options.segmentation), "MR")
+    weights = model_for_study(weights_path("MR", options.segmentation), "MR", options.segmentation, reference.spacing)
+    segmenter = load_segmenter(weights, "MR")
     probabilities = segmenter.segment(np.stack([images[c] for c in segmenter.channels]), reference.spacing)
     findings = lesion_findings(probabilities, reference.spacing, options.segmentation)
     source = source_datasets(reference, found.sequences[SEGMENTATION_REFERENCE].series)

@@ -6,7 +6,9 @@ rigidly co-registered onto the portal venous phase's grid
 (:mod:`dicom_io.registration`), normalised and resampled to the model's
 spacing, segmented by the 4D fused U-Net (3D CNN encoder per phase, ConvLSTM
 over the phases) with sliding windows, brought back onto the portal grid and
-post-processed (one liver, tumours inside it, one lesion per component).
+post-processed (one liver, tumours inside it, one lesion per component); a
+study of pixels up to 1.5 mm and slices up to 3.75 mm gets the model trained
+on a 3 × 1.5 × 1.5 mm grid, any other the one on 4 × 3 × 3 mm.
 CT: a multi-phase liver CT (arterial and portal venous series) is read and
 co-registered the same way and segmented by a 3D U-Net reading both phases as
 channels; a CT with one contrast phase only by the 3D U-Net on its portal
@@ -100,11 +102,13 @@ REFERENCE_PHASE = "portal"
 #: (all keys of inference.liver.weights.DEFAULT_MODELS). A study whose grid is within :data:`GRID_SLACK_ZYX`
 #: of one's gets it; a coarser study, brought up to that grid, is misread (liver-seg-ct-multiphase-v13
 #: marks dozens of false lesions on 4 × 3 × 3 mm studies), so it goes to the default, coarse-grid model.
-FINER_MODELS: dict[str, tuple[str, ...]] = {"ct-multiphase": ("ct-multiphase-fine",), "ct": ("ct-fine",)}
+FINER_MODELS: dict[str, tuple[str, ...]] = {
+    "mr": ("mr-fine",), "ct-multiphase": ("ct-multiphase-fine",), "ct": ("ct-fine",)}
 #: How many times coarser than a finer model's grid a study may be along z, y and x: in-plane only
 #: the headers' rounding (v13 fails on 3 mm pixels); along z, 2.5 mm slices for v13's 2 mm, where
 #: it reads phantoms of 0.8 mm pixels far better than v9, while on 5 mm slices it marks false
-#: lesions v9 does not (model card).
+#: lesions v9 does not (model card). The DCE-MRI model of 3 × 1.5 × 1.5 mm (liver-seg-mr-v10) takes the
+#: same slack, so slices up to 3.75 mm; it was not measured on MR studies between the two grids.
 GRID_SLACK_ZYX = (1.25, 1.05, 1.05)
 
 

@@ -50,6 +50,7 @@ WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
 #: see :mod:`inference.liver.ensemble`, is a ``<name>.json`` naming its members there).
 DEFAULT_MODELS = {
     "mr": "liver-seg-mr-v7",
+    "mr-fine": "liver-seg-mr-v10",
     "ct": "liver-seg-ct-v6",
     "ct-multiphase": "liver-seg-ct-multiphase-v9",
     "ct-multiphase-fine": "liver-seg-ct-multiphase-v15",
