@@ -755,7 +755,9 @@ def test_a_wider_network_is_trained_recorded_and_reproducible_and_cannot_start_f
     assert segmenter.model.config.widths == (16, 24, 32, 40)
     card = (tmp_path / segmentation_card.MODEL_CARD).read_text()
     assert "--widths 16 24 32 40 --version liver-seg-ct-v2" in card
-    assert "`liver-seg-ct-v2`: trained from scratch, 1 steps with widths 16-24-32-40, Adam lr 0.003" in card
+    grid = " × ".join(f"{v:g}" for v in settings.model_spacing)
+    assert f"`liver-seg-ct-v2`: trained from scratch, 1 steps on phantoms of {grid} mm with widths 16-24-32-40, " \
+           "Adam lr 0.003" in card
     from_narrow = training.TrainingSettings(**{**wide_settings.__dict__, "model_version": "liver-seg-ct-v3",
                                                "init_from": str(tmp_path / "liver-seg-ct-v1.json")})
     with pytest.raises(training.TrainingDataError, match="its architecture widths"):

@@ -713,13 +713,15 @@ def _fine_tuning_lines(manifests: Sequence[tuple[str, dict[str, Any]]]) -> list[
         if s.get("phantom_spacings"):
             grids = "; ".join(" × ".join(f"{v:g}" for v in g) for g in (s["model_spacing"], *s["phantom_spacings"]))
             optimiser += f" Its phantoms were shown in turn as scans of {grids} mm, each brought onto the model's grid."
+        grid = " × ".join(f"{v:g}" for v in s["model_spacing"])
         if start:
             lines.append(f"* `{m['model_version']}`: started from `{start['model_version']}` "
-                         f"(sha256 `{start['weights_sha256'][:16]}…`) and trained {t['steps_run']} more steps with "
-                         f"{optimiser}")
+                         f"(sha256 `{start['weights_sha256'][:16]}…`) and trained {t['steps_run']} more steps on "
+                         f"phantoms of {grid} mm with {optimiser}")
         elif crops or s.get("widths"):
             widths = f"widths {'-'.join(map(str, s['widths']))}, " if s.get("widths") else ""
-            lines.append(f"* `{m['model_version']}`: trained from scratch, {t['steps_run']} steps with {widths}{optimiser}")
+            lines.append(f"* `{m['model_version']}`: trained from scratch, {t['steps_run']} steps on phantoms of "
+                         f"{grid} mm with {widths}{optimiser}")
     return ["", *lines] if lines else []
 
 
