@@ -723,9 +723,9 @@ def _fine_tuning_lines(manifests: Sequence[tuple[str, dict[str, Any]]]) -> list[
         crops += "Dice per crop, " if s.get("dice_per_crop") else ""
         optimiser = f"{crops}Adam lr {s['learning_rate']:g} with cosine decay."
         if s.get("phantom_spacings"):
-            grids = "; ".join(" × ".join(f"{v:g}" for v in g) for g in (s["model_spacing"], *s["phantom_spacings"]))
+            grids = "; ".join(_mm(g) for g in (s["model_spacing"], *s["phantom_spacings"]))
             optimiser += f" Its phantoms were shown in turn as scans of {grids} mm, each brought onto the model's grid."
-        grid = " × ".join(f"{v:g}" for v in s["model_spacing"])
+        grid = _mm(s["model_spacing"])
         if start:
             lines.append(f"* `{m['model_version']}`: started from `{start['model_version']}` "
                          f"(sha256 `{start['weights_sha256'][:16]}…`) and trained {t['steps_run']} more steps on "
