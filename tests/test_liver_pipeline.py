@@ -393,7 +393,8 @@ def test_a_fine_dce_study_is_segmented_by_the_fine_grid_4d_model_unless_the_rout
     study = _study_input(Path(write_liver_dce_study(phantom, tmp_path / "fine", seed=8)))
     assert prepare_study(study, LiverOptions.from_options({})).weights == MR_FINE_WEIGHTS
     assert prepare_study(study, LiverOptions.from_options({"weights": str(MR_WEIGHTS)})).weights == MR_WEIGHTS
-    baseline = default_weights("mr-baseline")  # the single-phase baseline has no finer sibling
+    # the single-phase baseline keeps its coarse grid: liver-seg-mr-baseline-v10 reads the spleen as liver
+    baseline = default_weights("mr-baseline")
     assert prepare_study(study, LiverOptions.from_options({"method": "baseline"})).weights == baseline
     outputs = LiverSegmentationPipeline().run(study, {"overlay": False})
     _check_seg_and_sr(outputs, _series_described(study, "portal"), phantom.labels, overlay=False)
@@ -589,7 +590,8 @@ def test_evaluate_command_compares_the_4d_model_with_the_baseline_on_held_out_ph
     report = json.loads(result.output)
     assert report["seeds"] == [19]
     models = report["models"]
-    assert len(models) == 2  # the 4D model and the single-phase baseline, side by side
+    # the 4D model and the single-phase baseline, side by side
+    assert {entry["model"] for entry in models.values()} == {MR_WEIGHTS.stem, default_weights("mr-baseline").stem}
     for entry in models.values():
         summary = entry["summary"]
         assert summary["cases"] == 1
