@@ -367,8 +367,9 @@ def test_a_multiphase_ct_goes_to_the_multiphase_model_with_its_phases_registered
 
 _CT_FINE = (2.0, 1.5, 1.5), ((2.05, 1.52, 1.52), (1.25, 0.7, 0.7), (2.5, 0.8, 0.8), (0.625, 0.5, 0.5)), (
     (4.0, 3.0, 3.0), (2.0, 1.5, 2.0), (2.0, 1.6, 1.6), (3.0, 0.7, 0.7), (5.0, 0.7, 0.7))
-_MR_FINE = (3.0, 1.5, 1.5), ((3.5, 1.52, 1.52), (2.0, 0.75, 0.75), (4.0, 1.5, 1.5)), (
-    (4.0, 3.0, 3.0), (3.0, 1.6, 1.6), (4.5, 1.5, 1.5), (5.0, 0.8, 0.8))
+_MR_FINE = (3.0, 1.5, 1.5), ((3.5, 1.52, 1.52), (2.0, 0.75, 0.75), (4.0, 1.5, 1.5), (3.0, 2.0, 2.0),
+                             (4.0, 2.0, 2.0)), (
+    (4.0, 3.0, 3.0), (3.0, 2.2, 2.2), (4.0, 2.5, 2.5), (4.5, 1.5, 1.5), (5.0, 0.8, 0.8), (3.0, 1.5, 3.0))
 
 
 @pytest.mark.parametrize(("name", "grids"), [("ct-multiphase", _CT_FINE), ("ct", _CT_FINE), ("mr", _MR_FINE)])
@@ -380,8 +381,8 @@ def test_a_study_of_fine_pixels_and_slices_goes_to_the_fine_grid_model(name, gri
     assert read_model_manifest(fine)["input"]["channels"] == read_model_manifest(coarse)["input"]["channels"]
     for spacing in (fine_grid, *finer_studies):
         assert model_for_grid(name, spacing) == fine, spacing
-    # coarser pixels, or slices thicker than the model's slack allows (CT 1.25 times the grid's, MR 4 mm):
-    # brought up to the fine grid the study would be misread
+    # pixels or slices coarser than the model's slack allows (CT 1.5 mm pixels and slices 1.25 times the
+    # grid's, MR 2 mm pixels and 4 mm slices): brought up to the fine grid the study would be misread
     for spacing in coarser_studies:
         assert model_for_grid(name, spacing) == coarse, spacing
 

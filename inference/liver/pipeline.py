@@ -7,7 +7,7 @@ rigidly co-registered onto the portal venous phase's grid
 spacing, segmented by the 4D fused U-Net (3D CNN encoder per phase, ConvLSTM
 over the phases) with sliding windows, brought back onto the portal grid and
 post-processed (one liver, tumours inside it, one lesion per component); a
-study of pixels up to 1.5 mm and slices up to 4 mm gets the model trained
+study of pixels up to 2 mm and slices up to 4 mm gets the model trained
 on a 3 × 1.5 × 1.5 mm grid, any other the one on 4 × 3 × 3 mm.
 CT: a multi-phase liver CT (arterial and portal venous series) is read and
 co-registered the same way and segmented by a 3D U-Net reading both phases as
@@ -105,14 +105,15 @@ REFERENCE_PHASE = "portal"
 FINER_MODELS: dict[str, tuple[str, ...]] = {
     "mr": ("mr-fine",), "ct-multiphase": ("ct-multiphase-fine",), "ct": ("ct-fine",)}
 #: How many times coarser than a finer model's grid a study may be along z, y and x, by that model (a
-#: key of DEFAULT_MODELS). In-plane only the headers' rounding (CT v13 fails on 3 mm pixels). Along z,
-#: measured on phantoms of the study's grid (model card): 2.5 mm slices for the CT models of 2 mm, where
-#: multi-phase v13 reads phantoms of 0.8 mm pixels far better than v9 while on 5 mm slices it marks
-#: false lesions v9 does not; 4 mm slices for the DCE-MRI model of 3 mm (liver-seg-mr-v10), which on
-#: phantoms of 1.5 mm pixels and 4 mm slices outlines tumours better than the 4 × 3 × 3 mm model v7,
-#: while on 5 mm slices it marks three times v7's false lesions for little more tumour Dice.
+#: key of DEFAULT_MODELS), measured on phantoms of the study's grid (model card). CT: 2.5 mm slices for
+#: the models of 2 mm, where multi-phase v13 reads phantoms of 0.8 mm pixels far better than v9 while on
+#: 5 mm slices it marks false lesions v9 does not; in-plane only the headers' rounding (v13 fails on 3 mm
+#: pixels). DCE-MRI (liver-seg-mr-v10, 3 × 1.5 × 1.5 mm): 4 mm slices and 2 mm pixels, where it outlines
+#: tumours better than the 4 × 3 × 3 mm model v7 without more false lesions (4 × 2 × 2 mm phantoms too);
+#: on 5 mm slices it marks three times v7's false lesions for little more tumour Dice, and on 4 × 2.5 ×
+#: 2.5 mm phantoms a few more than v7 for 0.014.
 GRID_SLACK_ZYX: dict[str, tuple[float, float, float]] = {
-    "ct-multiphase-fine": (1.25, 1.05, 1.05), "ct-fine": (1.25, 1.05, 1.05), "mr-fine": (4 / 3, 1.05, 1.05)}
+    "ct-multiphase-fine": (1.25, 1.05, 1.05), "ct-fine": (1.25, 1.05, 1.05), "mr-fine": (4 / 3, 4 / 3, 4 / 3)}
 
 
 @dataclass(frozen=True)

@@ -647,13 +647,20 @@ def _target_lines(manifests: Sequence[tuple[str, dict[str, Any]]]) -> list[str]:
         "    phantoms 0.595 / 0.763 / 0.809 (of 42) / 0.95 / 0.980 on seeds 0–19 and 0.684 on",
         "    50–69), and v10's baseline stays only for this comparison (`pacsnode evaluate liver-seg",
         "    --modality mr --spacing 3 1.5 1.5 --baseline …-baseline-v10.json`). Between the two",
-        "    grids (`pacsnode evaluate liver-seg --modality mr --cases 10",
-        "    --spacing Z 1.5 1.5 --model …-v10.json --compare …-v7.json --no-baseline`, seeds 0–9):",
-        "    on 4 mm slices v10 scores 0.915 / 0.944 / 1.000 (of 20) / 0.10 / 0.983 against v7's",
-        "    0.891 / 0.921 / 1.000 / 0.20 / 0.985, ahead on 7 of the 9 cases with a lesion; on 5 mm",
-        "    slices 0.811 / 0.931 / 1.000 (of 21) / 0.60 / 0.982 against 0.799 / 0.919 / 1.000 /",
-        "    0.20 / 0.984, three times v7's false lesions for 0.012 more tumour Dice. So the",
-        "    pipeline gives v10 a DCE-MRI study of pixels up to 1.5 mm and slices up to 4 mm, and v7",
+        "    grids (`pacsnode evaluate liver-seg --modality mr --cases 10 --spacing Z Y X --model",
+        "    …-v10.json --compare …-v7.json --no-baseline`, seeds 0–9, 9 of them with a lesion): on",
+        "    4 × 1.5 × 1.5 mm v10 scores 0.915 / 0.944 / 1.000 (of 20) / 0.10 / 0.983 against v7's",
+        "    0.891 / 0.921 / 1.000 / 0.20 / 0.985, ahead on 7 of the 9 cases; on 5 × 1.5 × 1.5 mm",
+        "    0.811 / 0.931 / 1.000 (of 21) / 0.60 / 0.982 against 0.799 / 0.919 / 1.000 / 0.20 /",
+        "    0.984, three times v7's false lesions for 0.012 more tumour Dice; on 3 × 2 × 2 mm",
+        "    0.922 / 0.944 / 1.000 (of 21) / 0.10 / 0.985 against 0.856 / 0.924 / 1.000 / 0.10 /",
+        "    0.983 (ahead on 7); on 4 × 2 × 2 mm 0.904 / 0.947 / 1.000 (of 20) / 0.00 / 0.985",
+        "    against 0.812 / 0.927 / 1.000 / 0.10 / 0.983 (ahead on 8); on 3 × 2.5 × 2.5 mm 0.926 /",
+        "    0.931 / 1.000 (of 19) / 0.10 / 0.984 against 0.901 / 0.914 / 1.000 / 0.20 / 0.982",
+        "    (ahead on 8); on 4 × 2.5 × 2.5 mm 0.919 / 0.930 / 1.000 (of 20) / 0.30 / 0.983 against",
+        "    0.905 / 0.922 / 1.000 / 0.20 / 0.983 (ahead on 6, one false lesion more). So the",
+        "    pipeline gives v10 a DCE-MRI study of pixels up to 2 mm and slices up to 4 mm (pixels",
+        "    up to 1.5 mm until 2026-12-08), and v7",
         "    any coarser one, and the classification pipeline uses the same rule when it must find",
         "    the lesions itself. The benchmark's MR study (3 × 1.5 × 1.5 mm) took 42.82 s and",
         "    1.11 GiB with v10 against 14.31 s and 1.03 GiB with v7, one after the other on a quiet",
@@ -876,14 +883,13 @@ def model_card(manifests: Sequence[tuple[str, dict[str, Any]]],
 
         defaults = ", ".join(f"`{v}`" for v in lw.DEFAULT_MODELS.values())
         swaps = [f"`{lw.DEFAULT_MODELS[fine]}` rather than `{lw.DEFAULT_MODELS[name]}` for slices up to "
-                 f"{GRID_SLACK_ZYX[fine][0]:.3g} times its grid's"
-                 for name, fines in FINER_MODELS.items() for fine in fines]
+                 f"{GRID_SLACK_ZYX[fine][0]:.3g} and pixels up to {max(GRID_SLACK_ZYX[fine][1:]):.3g} times its "
+                 "grid's" for name, fines in FINER_MODELS.items() for fine in fines]
         finer = " and ".join(filter(None, ("; ".join(swaps[:-1]), swaps[-1])))
-        pixels = max(max(slack[1:]) for slack in GRID_SLACK_ZYX.values())
         lines += ["", *textwrap.wrap(
-            f"The pipeline uses {defaults} unless a route names other weights ({finer}, each for a study "
-            f"of pixels up to {pixels:g} times the finer model's grid (headers' rounding); see the end); the "
-            "earlier versions stay because each later one was trained starting from them (see Reproduce).",
+            f"The pipeline uses {defaults} unless a route names other weights ({finer}; 1.05 is the headers' "
+            "rounding; see the end); the earlier versions stay because each later one was trained starting "
+            "from them (see Reproduce).",
             width=95, break_on_hyphens=False)]
     first = manifests[0][1] if manifests else None
     if first:
