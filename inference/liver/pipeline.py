@@ -104,6 +104,9 @@ REFERENCE_PHASE = "portal"
 #: marks dozens of false lesions on 4 × 3 × 3 mm studies), so it goes to the default, coarse-grid model.
 FINER_MODELS: dict[str, tuple[str, ...]] = {
     "mr": ("mr-fine",), "ct-multiphase": ("ct-multiphase-fine",), "ct": ("ct-fine",)}
+#: How much coarser than a model's grid a study's header may give it from rounding alone (1.52 mm pixels
+#: for a model of 1.5 mm).
+HEADER_ROUNDING = 1.05
 #: How many times coarser than a finer model's grid a study may be along z, y and x, by that model (a
 #: key of DEFAULT_MODELS), measured on phantoms of the study's grid (model card). CT: 2.5 mm slices for
 #: the models of 2 mm, where multi-phase v13 reads phantoms of 0.8 mm pixels far better than v9 while on
@@ -113,7 +116,9 @@ FINER_MODELS: dict[str, tuple[str, ...]] = {
 #: on 5 mm slices it marks three times v7's false lesions for little more tumour Dice, and on 4 × 2.5 ×
 #: 2.5 mm phantoms a few more than v7 for 0.014.
 GRID_SLACK_ZYX: dict[str, tuple[float, float, float]] = {
-    "ct-multiphase-fine": (1.25, 1.05, 1.05), "ct-fine": (1.25, 1.05, 1.05), "mr-fine": (4 / 3, 4 / 3, 4 / 3)}
+    "ct-multiphase-fine": (1.25, HEADER_ROUNDING, HEADER_ROUNDING),
+    "ct-fine": (1.25, HEADER_ROUNDING, HEADER_ROUNDING),
+    "mr-fine": (4 / 3, 4 / 3, 4 / 3)}
 
 
 @dataclass(frozen=True)

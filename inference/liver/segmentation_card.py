@@ -660,9 +660,9 @@ def _target_lines(manifests: Sequence[tuple[str, dict[str, Any]]]) -> list[str]:
         "    (ahead on 8); on 4 × 2.5 × 2.5 mm 0.919 / 0.930 / 1.000 (of 20) / 0.30 / 0.983 against",
         "    0.905 / 0.922 / 1.000 / 0.20 / 0.983 (ahead on 6, one false lesion more). So the",
         "    pipeline gives v10 a DCE-MRI study of pixels up to 2 mm and slices up to 4 mm (pixels",
-        "    up to 1.5 mm until 2026-12-08), and v7",
-        "    any coarser one, and the classification pipeline uses the same rule when it must find",
-        "    the lesions itself. The benchmark's MR study (3 × 1.5 × 1.5 mm) took 42.82 s and",
+        "    up to 1.5 mm until 2026-12-08), and v7 any coarser one, and the classification pipeline",
+        "    uses the same rule when it must find the lesions itself. The benchmark's MR study",
+        "    (3 × 1.5 × 1.5 mm) took 42.82 s and",
         "    1.11 GiB with v10 against 14.31 s and 1.03 GiB with v7, one after the other on a quiet",
         "    host (3.0×; within the 60 s target, though a busy host may bring it near). A further",
         "    round from v10 on new phantoms of that grid (`--seed 31`, 6000 steps, lr 0.0005, 47",
@@ -879,7 +879,7 @@ def model_card(manifests: Sequence[tuple[str, dict[str, Any]]],
                      f"{m['training']['parameters']:,} | `{m['weights_sha256'][:16]}…` |")
     if len(manifests) > len(MODEL_RECIPES):
         # the routing rule the sentence states, read where the pipeline keeps it
-        from inference.liver.pipeline import FINER_MODELS, GRID_SLACK_ZYX
+        from inference.liver.pipeline import FINER_MODELS, GRID_SLACK_ZYX, HEADER_ROUNDING
 
         defaults = ", ".join(f"`{v}`" for v in lw.DEFAULT_MODELS.values())
         swaps = [f"`{lw.DEFAULT_MODELS[fine]}` rather than `{lw.DEFAULT_MODELS[name]}` for slices up to "
@@ -887,8 +887,8 @@ def model_card(manifests: Sequence[tuple[str, dict[str, Any]]],
                  "grid's" for name, fines in FINER_MODELS.items() for fine in fines]
         finer = " and ".join(filter(None, ("; ".join(swaps[:-1]), swaps[-1])))
         lines += ["", *textwrap.wrap(
-            f"The pipeline uses {defaults} unless a route names other weights ({finer}; 1.05 is the headers' "
-            "rounding; see the end); the earlier versions stay because each later one was trained starting "
+            f"The pipeline uses {defaults} unless a route names other weights ({finer}; {HEADER_ROUNDING:g} is the "
+            "headers' rounding; see the end); the earlier versions stay because each later one was trained starting "
             "from them (see Reproduce).",
             width=95, break_on_hyphens=False)]
     first = manifests[0][1] if manifests else None
